@@ -1,0 +1,3 @@
+from adcore.cli import main
+
+raise SystemExit(main())

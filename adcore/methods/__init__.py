@@ -1,0 +1,62 @@
+"""The method registry. Every module or package in this folder that defines a registered method is imported on
+first use, so adding a method means adding a file: nothing else to edit."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adcore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from adcore.methods.base import AnomalyModel
+
+_REGISTRY: dict[str, type[AnomalyModel]] = {}
+_DISCOVERED = False
+
+
+def register(cls: type[AnomalyModel]) -> type[AnomalyModel]:
+    """Class decorator: make a method available by its ``name``."""
+    name = cls.name
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"method {name!r} registered twice ({_REGISTRY[name].__module__} and {cls.__module__})")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name not in {"base"} and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def method_names() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[AnomalyModel]:
+    _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"method {name!r}: unknown; known methods: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def load_model(path, device: str | None = None) -> AnomalyModel:
+    """Load a model directory written by ``AnomalyModel.save``. Never unpickles."""
+    from adcore.io import read_model_dir
+
+    meta, tensors = read_model_dir(path)
+    return get_method(meta["method"]).from_saved(meta, tensors, device=device)
+
+
+def create_model(config) -> AnomalyModel:
+    """A fresh, untrained model for a resolved :class:`adcore.config.RunConfig`."""
+    return get_method(config.method_name)(config)

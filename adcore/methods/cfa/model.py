@@ -1,0 +1,76 @@
+"""CFA's patch features and patch descriptor (paper Sec. 3 and 4.1).
+
+Patch features: each backbone stage (C2, C3, C4 = strides 4, 8, 16) is 3x3 average pooled so that every position
+sees its neighbourhood, upsampled to the largest map and concatenated (D channels). The descriptor phi is a 1x1
+CoordConv (Liu et al. 2018) to D / gamma_d channels with He initialisation: the coordinate channels let the
+adapted features depend on where in the image a patch is, which the memory bank (one centre per position) uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def patch_features(stages: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stage maps (largest first) -> (B, D, H, W): 3x3 average pooling per stage, bilinear upsampling, concat."""
+    size = stages[0].shape[-2:]
+    out = []
+    for feat in stages:
+        feat = F.avg_pool2d(feat.float(), kernel_size=3, stride=1, padding=1)
+        if feat.shape[-2:] != size:
+            feat = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
+        out.append(feat)
+    return torch.cat(out, dim=1)
+
+
+def add_coords(x: torch.Tensor) -> torch.Tensor:
+    """Append two channels with the x and y position in [-1, 1] (CoordConv's AddCoords, without the radius)."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype) if h > 1 else x.new_zeros(1)
+    xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype) if w > 1 else x.new_zeros(1)
+    yy = ys.view(1, 1, h, 1).expand(b, 1, h, w)
+    xx = xs.view(1, 1, 1, w).expand(b, 1, h, w)
+    return torch.cat([x, xx, yy], dim=1)
+
+
+class CoordConv1x1(nn.Module):
+    """1x1 convolution over the input plus two coordinate channels, He-initialised (paper Sec. 4.1)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels + 2, out_channels, kernel_size=1)
+        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(add_coords(x))
+
+
+class PatchDescriptor(nn.Module):
+    """phi: backbone stage maps -> target-oriented features (B, D', H, W) with D' = D // gamma_d."""
+
+    def __init__(self, in_channels: int, gamma_d: int = 1) -> None:
+        super().__init__()
+        if in_channels // gamma_d < 1:
+            raise ValueError(f"gamma_d={gamma_d} leaves no channels of D={in_channels}")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(in_channels) // int(gamma_d)
+        self.layer = CoordConv1x1(self.in_channels, self.out_channels)
+
+    def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.layer(patch_features(stages))
+
+
+class Radius(nn.Module):
+    """The learnable hypersphere radius r (starts at 1e-5 in the reference code)."""
+
+    def __init__(self, value: float = 1e-5) -> None:
+        super().__init__()
+        self.r = nn.Parameter(torch.tensor([float(value)]))
+
+    def forward(self) -> torch.Tensor:
+        return self.r

