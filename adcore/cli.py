@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the registered methods")
 
+    p = sub.add_parser("bench", help="train and evaluate methods x categories side by side; JSON, table and plot")
+    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--categories", nargs="+", required=True)
+    p.add_argument("--methods", nargs="+", default=None, help="default: all registered methods")
+    p.add_argument("--output", type=Path, default=Path("runs/bench"))
+    p.add_argument("--cache-dir", type=Path, default=None)
+    _add_config_args(p)
+
     p = sub.add_parser("quickstart", help="demo data -> train -> evaluate for every method, then a summary table")
     p.add_argument("--output", type=Path, default=Path("runs/quickstart"))
     p.add_argument("--methods", nargs="+", default=None, help="default: all registered methods")
@@ -145,8 +153,16 @@ def _methods(args) -> int:
     from adcore.methods import get_method, method_names
 
     for name in method_names():
-        doc = (get_method(name).__doc__ or "").strip().splitlines()[0]
+        doc = next(iter((get_method(name).__doc__ or "").strip().splitlines()), "")  # a method may lack a docstring
         print(f"{name:10s} {doc}")
+    return 0
+
+
+def _bench(args) -> int:
+    from adcore.bench import run_bench
+
+    run_bench(args.data_root, args.categories, args.methods, args.output, profile=args.profile, params=args.params,
+              overrides=args.overrides, cache_dir=args.cache_dir)
     return 0
 
 
@@ -159,4 +175,4 @@ def _quickstart(args) -> int:
 
 
 COMMANDS = {"demo-data": _demo_data, "train": _train, "evaluate": _evaluate, "predict": _predict,
-            "config": _config, "methods": _methods, "quickstart": _quickstart}
+            "config": _config, "methods": _methods, "bench": _bench, "quickstart": _quickstart}

@@ -26,13 +26,14 @@ def predict_files(model_dir: str | Path, images: Sequence[str | Path], output: s
     output.mkdir(parents=True, exist_ok=True)
     records = []
     paths = [Path(p) for p in images]
+    heatmaps = _heatmap_names(paths)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         tensors = torch.stack([transform(read_image(p)) for p in chunk])  # read_image names a bad file
         pred = model.predict(tensors)
         norm = model.predict(tensors, normalize=True) if model.normalizer else None
         for i, path in enumerate(chunk):
-            heatmap = output / f"{path.stem}_heatmap.png"
+            heatmap = output / heatmaps[start + i]
             anomaly_map = (norm.maps[i] if norm is not None else _minmax(pred.maps[i])).numpy()
             viz.save_overlay_panel(heatmap, transform.denormalize(tensors[i]), anomaly_map,
                                    title=f"score={float(pred.scores[i]):.4g}")
@@ -43,6 +44,22 @@ def predict_files(model_dir: str | Path, images: Sequence[str | Path], output: s
             records.append(record)
             yield record
     atomic_write_text(output / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _heatmap_names(paths: Sequence[Path]) -> list[str]:
+    """``<stem>_heatmap.png``; images with the same stem (good/000.png, crack/000.png) get their folder and, if
+    still ambiguous, their position as a prefix so that no heatmap overwrites another."""
+    names, used = [], set()
+    stems = [p.stem for p in paths]
+    for i, path in enumerate(paths):
+        name = f"{path.stem}_heatmap.png"
+        if stems.count(path.stem) > 1:
+            name = f"{path.parent.name}_{name}"
+        if name in used:
+            name = f"{i:04d}_{name}"
+        used.add(name)
+        names.append(name)
+    return names
 
 
 def _minmax(x: torch.Tensor) -> torch.Tensor:

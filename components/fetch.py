@@ -26,6 +26,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -280,14 +281,14 @@ def _download_verified(item: RemoteFile, folder: Path) -> tuple[Path, str]:
         raise
 
 
-def _archive_members(path: Path, origin: str) -> list[tuple[str, Callable[[], Any]]]:
+def _archive_members(path: Path, origin: str, stack: ExitStack) -> list[tuple[str, Callable[[], Any]]]:
     """Check every member before extracting any: only regular files at safe relative paths.
 
     Returns (relative path, opener of a binary stream) per regular file.
     """
     members: list[tuple[str, Callable[[], Any]]] = []
     if zipfile.is_zipfile(path):
-        zf = zipfile.ZipFile(path)
+        zf = stack.enter_context(zipfile.ZipFile(path))
         for info in zf.infolist():
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
@@ -297,7 +298,7 @@ def _archive_members(path: Path, origin: str) -> list[tuple[str, Callable[[], An
                 members.append((rel, lambda info=info: zf.open(info)))
         return members
     try:
-        tf = tarfile.open(path, "r:*")
+        tf = stack.enter_context(tarfile.open(path, "r:*"))
     except tarfile.TarError as exc:
         raise DataError(f"{origin}: not a readable tar or zip archive ({exc})") from None
     for member in tf.getmembers():
@@ -328,6 +329,19 @@ def _atomic_write_stream(stream, dest: Path) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return sha.hexdigest()
+
+
+def _extract_archive(members, base: str, output: Path, item: RemoteFile, files: dict, origins: dict) -> list[str]:
+    """Write checked members under ``output/base``, each atomically; record them. Returns their paths."""
+    targets = [(f"{base}/{rel}" if base else rel, opener) for rel, opener in members]
+    for rel, _ in targets:
+        _inside(output, rel)
+    for rel, opener in targets:
+        with opener() as stream:
+            sha = _atomic_write_stream(stream, output / rel)
+        files[rel] = _record(output, rel, f"archive:{item.version}", sha, f"{item.origin} (member {rel})")
+        origins[rel] = f"{item.origin} (member {rel})"
+    return [rel for rel, _ in targets]
 
 
 # --------------------------------------------------------------------------------------------- the step
@@ -420,17 +434,9 @@ def fetch_dataset(source: str, output: str, *, repo: str = "", rev: str = "", ca
             continue
         tmp, _ = _download_verified(it, output_path / ".fetch-tmp")
         try:
-            members = _archive_members(tmp, it.origin)
-            for rel, _read in members:
-                _inside(output_path, f"{base}/{rel}" if base else rel)
-            names = []
-            for rel, open_member in members:
-                rel = f"{base}/{rel}" if base else rel
-                with open_member() as stream:
-                    sha = _atomic_write_stream(stream, output_path / rel)
-                files[rel] = _record(output_path, rel, f"archive:{it.version}", sha, f"{it.origin} (member {rel})")
-                origins[rel] = f"{it.origin} (member {rel})"
-                names.append(rel)
+            with ExitStack() as stack:
+                names = _extract_archive(_archive_members(tmp, it.origin, stack), base, output_path, it, files,
+                                         origins)
         finally:
             tmp.unlink(missing_ok=True)
             shutil.rmtree(output_path / ".fetch-tmp", ignore_errors=True)

@@ -17,6 +17,7 @@ import json
 import math
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,10 @@ def register_model(model_dir: str, metrics_json: str, category: str, method: str
         if version is None:
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
-            with mlflow.start_run(run_id=run.run_id):
+            with mlflow.start_run(run_id=run.run_id), warnings.catch_warnings():
+                # Both are deliberate: no input_example (it would pickle the weights), a signature instead of hints.
+                warnings.filterwarnings("ignore", message=".*input example was not provided")
+                warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_path)},
                     signature=_signature(), pip_requirements=_requirements())

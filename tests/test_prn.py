@@ -12,7 +12,7 @@ from adcore.config import resolve
 from adcore.data.mvtec import load_category, split_seen_anomalies
 from adcore.features import FeatureCache
 from adcore.methods import create_model, load_model
-from adcore.methods.base import FitData
+from adcore.methods.base import FitData, seed_everything
 from adcore.methods.prn.attention import MultiSizeAttention, patch_sizes
 from adcore.methods.prn.decoder import PRNNet
 from adcore.methods.prn.fusion import MultiScaleFusion
@@ -31,6 +31,7 @@ def _fit_data(cat, n_seen: int, **kwargs):
 
 
 def _model(extra=()):
+    seed_everything(0)  # the random test backbone comes from torch's global RNG
     return create_model(resolve("prn", "cpu", overrides=TINY + list(extra)))
 
 

@@ -20,8 +20,8 @@ and listed in ``fit_info["seen_anomalies"]``; evaluation excludes them.
 Paper profile: ResNet-18 (hub weights) layers 1-3, input 256, Adam lr 1e-4, weight decay 1e-5, batch 64 = 32
 normal + 16 EA + 16 simulated, 700 epochs, MSA depth 3 with 2c^j channels, full-resolution decoder output.
 Generalised for the cpu profile (a category trains in minutes on 2 CPU cores): the offline EfficientNet-Lite0
-(stages at strides 4, 8, 16), input 160, batch 12 = 6 + 3 + 3, an "epoch" of ``steps_per_epoch`` = 40 batches,
-5 epochs at lr 1e-3, MSA depth 1 on ``width`` = 24 channels (a 1x1 projection of the concatenation), a
+(stages at strides 4, 8, 16), input 160, batch 12 = 6 + 3 + 3, an "epoch" of ``steps_per_epoch`` = 25 batches,
+4 epochs at lr 1e-3, MSA depth 1 on ``width`` = 24 channels (a 1x1 projection of the concatenation), a
 narrower decoder ending at stride 4 (the base class upsamples the map). The paper's fully connected patch
 embedding in MSA is replaced by a per-position (1x1) embedding, see :mod:`.attention`.
 """
@@ -95,7 +95,7 @@ class PRN(AnomalyModel):
         "cpu": {
             "backbone": {"name": "tf_efficientnet_lite0", "weights": "offline"},
             "data": {"image_size": 160, "batch_size": 16},
-            "method": {"epochs": 5, "steps_per_epoch": 40, "batch_normal": 6, "batch_ea": 3, "batch_sim": 3,
+            "method": {"epochs": 4, "steps_per_epoch": 25, "batch_normal": 6, "batch_ea": 3, "batch_sim": 3,
                        "lr": 1e-3, "msa_depth": 1, "width": 24, "decoder_channels": [64, 32, 16],
                        "output_stride": 4},
         },

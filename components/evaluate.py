@@ -1,0 +1,41 @@
+"""Evaluate a trained model on its category's test split: metrics JSON, per-image scores, plots; logged to MLflow.
+
+The metrics gain ``test_split_sha256``, the content fingerprint of the test images and masks, so the registry step
+compares models only on the same test split.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+
+def evaluate(model_dir: str, data_root: str, category: str, output_dir: str, *, device: str = "",
+             batch_size: int = 0, track: bool = True, run_id: str = "", experiment: str = "",
+             tracking_uri: str = "", progress: bool = False) -> dict[str, Any]:
+    """Write ``output_dir/metrics.json`` (+ scores.csv, roc.png, pro.png, overlays/) and log them to the run."""
+    from adcore.evaluation import evaluate_model
+    from adcore.io import atomic_write_json, read_model_meta
+
+    from components.fetch import split_fingerprint
+    from components.tracking import model_fingerprint
+
+    t0 = time.perf_counter()
+    metrics_path = Path(output_dir) / "metrics.json"
+    metrics = evaluate_model(model_dir, data_root, category, metrics_path, device=device or None,
+                             batch_size=batch_size or None, progress=progress)
+    metrics["test_split_sha256"] = split_fingerprint(data_root, category)
+    metrics["model_sha256"] = model_fingerprint(model_dir)
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    atomic_write_json(metrics_path, metrics)
+    run = ""
+    if track:
+        from components.tracking import log_evaluation
+
+        method = read_model_meta(model_dir)["method"]
+        run = log_evaluation(metrics, output_dir, category=category, method=method, model_dir=model_dir,
+                             run_id=run_id, experiment=experiment, uri=tracking_uri)
+    keep = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap", "image_f1_max", "pixel_f1_max",
+            "n_images", "ms_per_image")
+    return {"metrics_json": str(metrics_path), "run_id": run, **{k: metrics.get(k) for k in keep}}

@@ -1,0 +1,168 @@
+"""Feature extractors: offline weights, stage order, truncation, freezing and every weight source's failure mode."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from adcore.backbones import OFFLINE_MEAN_STD, OFFLINE_PACKAGES, FeatureExtractor, build_backbone
+from adcore.config import BackboneConfig
+from adcore.errors import WeightSourceError
+
+
+def _package_file() -> Path:
+    module = importlib.import_module(OFFLINE_PACKAGES["tf_efficientnet_lite0"])
+    return sorted((Path(module.__file__).parent / "models").glob("*.pth"))[0]
+
+
+@pytest.fixture(scope="module")
+def lite0_offline() -> FeatureExtractor:
+    return FeatureExtractor("tf_efficientnet_lite0", (8, 16), "offline")
+
+
+def test_offline_lite0_weights_come_from_the_package(lite0_offline):
+    source = torch.load(_package_file(), map_location="cpu", weights_only=True)
+    # lukemelas' names, mapped by position into timm's: the stem conv is first, the first block's depthwise next.
+    assert torch.equal(lite0_offline.body.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(lite0_offline.body.state_dict()["bn1.running_var"], source["_bn0.running_var"])
+    block = lite0_offline.body.state_dict()["blocks.0.0.conv_dw.weight"]
+    assert torch.equal(block, source["_blocks.0._depthwise_conv.weight"])
+    # The package's weights were trained with mean = std = 0.5, not ImageNet's statistics.
+    assert (lite0_offline.mean, lite0_offline.std) == OFFLINE_MEAN_STD
+    assert lite0_offline.weights_sha256 not in ("random", "") and len(lite0_offline.weights_sha256) == 16
+    assert lite0_offline.weights_sha256 in lite0_offline.fingerprint
+
+
+def test_offline_weights_are_deterministic_and_differ_from_random(lite0_offline):
+    again = FeatureExtractor("tf_efficientnet_lite0", (8, 16), "offline")
+    assert again.weights_sha256 == lite0_offline.weights_sha256
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    for a, b in zip(again(x), lite0_offline(x)):
+        assert torch.equal(a, b)
+    rand = FeatureExtractor("tf_efficientnet_lite0", (8, 16), "random")
+    assert rand.weights_sha256 == "random" and rand.fingerprint != lite0_offline.fingerprint
+    assert not torch.equal(rand(x)[0], lite0_offline(x)[0])
+
+
+@pytest.mark.parametrize("name, strides, channels", [
+    ("tf_efficientnet_lite0", (8, 16), [40, 112]),
+    ("tf_efficientnet_lite0", (16, 8), [112, 40]),
+    ("tf_efficientnet_lite0", (4, 8, 16, 32), [24, 40, 112, 320]),
+    ("resnet18", (8, 16), [128, 256]),
+    ("resnet18", (32, 4), [512, 64]),
+])
+def test_stages_come_in_the_requested_order(name, strides, channels):
+    fe = FeatureExtractor(name, strides, "random")
+    assert fe.strides == strides and fe.channels == channels
+    out = fe(torch.zeros(1, 3, 64, 64))
+    assert [o.shape[1] for o in out] == channels
+    assert [64 // o.shape[-1] for o in out] == list(strides)
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "resnet18"])
+def test_truncated_after_the_deepest_stage(name):
+    def n_params(strides):
+        return sum(p.numel() for p in FeatureExtractor(name, strides, "random").parameters())
+
+    shallow, middle, deep = n_params((4,)), n_params((8, 16)), n_params((4, 8, 16, 32))
+    assert shallow < middle < deep
+    assert n_params((16, 8)) == middle  # the order does not change what is kept
+    fe = FeatureExtractor(name, (8,), "random")
+    names = [n for n, _ in fe.body.named_parameters()]
+    if name == "resnet18":
+        assert not any(n.startswith(("layer3", "layer4", "fc")) for n in names)
+    else:  # stride 8 is the end of block 2 of EfficientNet-Lite0: blocks 3.. and the head are gone
+        assert not any(n.startswith(("blocks.3", "blocks.6", "conv_head", "classifier")) for n in names)
+
+
+def test_frozen_stays_in_eval_and_trainable_trains():
+    frozen = FeatureExtractor("resnet18", (8,), "random")
+    assert not any(p.requires_grad for p in frozen.parameters())
+    parent = torch.nn.Sequential(frozen)
+    parent.train()
+    assert not frozen.training and not any(m.training for m in frozen.modules())
+    # BatchNorm statistics do not move in a forward pass after .train()
+    before = frozen.body.bn1.running_mean.clone()
+    frozen(torch.randn(2, 3, 32, 32))
+    assert torch.equal(before, frozen.body.bn1.running_mean)
+
+    student = FeatureExtractor("resnet18", (8,), "random", trainable=True)
+    assert all(p.requires_grad for p in student.parameters())
+    student.train()
+    assert student.training
+    student.eval()
+    assert not student.training
+
+
+@pytest.mark.timeout(60)
+def test_hub_without_network_is_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
+    with pytest.raises(WeightSourceError) as info:
+        FeatureExtractor("resnet18", (8,), "hub")
+    message = str(info.value)
+    assert message.startswith("backbone 'resnet18': pretrained weights could not be loaded from the timm hub")
+    assert "backbone.weights" in message  # says what to do instead
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weight_file_round_trip(tmp_path, suffix):
+    torch.manual_seed(1)
+    source = FeatureExtractor("resnet18", (8, 16), "random")
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in source.body.state_dict().items()}, str(path))
+    else:
+        torch.save({"state_dict": source.body.state_dict()}, path)  # the common checkpoint wrapping
+    loaded = FeatureExtractor("resnet18", (8, 16), str(path))
+    for key, value in source.body.state_dict().items():
+        assert torch.equal(loaded.body.state_dict()[key], value), key
+    assert loaded.weights_sha256 != "random"
+    x = torch.randn(1, 3, 64, 64)
+    assert all(torch.equal(a, b) for a, b in zip(source(x), loaded(x)))
+    # A file holding a full model's weights (with later stages) fits a truncated extractor too.
+    assert FeatureExtractor("resnet18", (8,), str(path)).weights_sha256 != loaded.weights_sha256
+
+
+def test_weight_source_errors(tmp_path):
+    with pytest.raises(WeightSourceError, match=r"not 'hub', 'offline', 'random', an s3:// URI or an existing file"):
+        FeatureExtractor("resnet18", (8,), str(tmp_path / "missing.safetensors"))
+    wrong = tmp_path / "lite0.pth"
+    torch.save(FeatureExtractor("tf_efficientnet_lite0", (8,), "random").body.state_dict(), wrong)
+    with pytest.raises(WeightSourceError, match=r"lite0\.pth.* do not fit resnet18: \d+ parameters missing"):
+        FeatureExtractor("resnet18", (8,), str(wrong))
+    resnet34 = tmp_path / "r34.pth"
+    state18 = FeatureExtractor("resnet18", (8,), "random").body.state_dict()
+    torch.save({k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) if v.ndim else v for k, v in state18.items()}, resnet34)
+    with pytest.raises(WeightSourceError, match=r"do not fit resnet18: shape mismatch"):
+        FeatureExtractor("resnet18", (8,), str(resnet34))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(WeightSourceError, match=r"garbage\.safetensors.*unreadable"):
+        FeatureExtractor("resnet18", (8,), str(garbage))
+    scalar = tmp_path / "list.pth"
+    torch.save([1, 2, 3], scalar)
+    with pytest.raises(WeightSourceError, match=r"expected a state dict, got list"):
+        FeatureExtractor("resnet18", (8,), str(scalar))
+    with pytest.raises(WeightSourceError, match=r"no offline weights package"):
+        FeatureExtractor("resnet18", (8,), "offline")
+    with pytest.raises(WeightSourceError, match=r"not a timm model"):
+        FeatureExtractor("no_such_net", (8,), "random")
+    with pytest.raises(WeightSourceError, match=r"no stage with stride \[64\]"):
+        FeatureExtractor("resnet18", (8, 64), "random")
+
+
+def test_build_backbone_without_weights_keeps_the_offline_normalisation():
+    cfg = BackboneConfig(name="tf_efficientnet_lite0", weights="offline")
+    fe = build_backbone(cfg, (8, 16), load_weights=False)
+    assert (fe.mean, fe.std) == OFFLINE_MEAN_STD and fe.weights_sha256 == "random"
+    fe = build_backbone(BackboneConfig(name="resnet18", weights="random"), (8,))
+    assert fe.weights_sha256 == "random" and not fe.training

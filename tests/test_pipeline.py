@@ -1,0 +1,321 @@
+"""The kfp pipeline as compiled: not stale, and carrying the cluster settings that kfp's local runner ignores (GPU,
+node selector, toleration, Secrets, retries, caching). The schedule command against a local stand-in for the KFP
+REST API that records every request."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from email.parser import BytesParser
+from email.policy import default as email_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+pytest.importorskip("kfp.kubernetes")
+
+from pipelines.compile import COMPILED, compile_pipeline  # noqa: E402
+from pipelines.training import DEFAULT_CPU_IMAGE, DEFAULT_TRAIN_IMAGE, GPU_TOLERATION, RETRY  # noqa: E402
+
+STEPS = {"source-version-op", "fetch-op", "features-op", "plan-op", "train-op", "evaluate-op", "register-op",
+         "summary-op"}
+GPU_STEPS = {"train-op", "features-op"}
+CACHED = {"fetch-op", "features-op", "plan-op"}
+
+
+def _docs() -> tuple[dict, dict]:
+    spec, platform = list(yaml.safe_load_all(COMPILED.read_text()))
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the pipeline (root and loop bodies) by component name."""
+    out = {}
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    for dag in dags:
+        for task in dag["tasks"].values():
+            name = task["componentRef"]["name"].removeprefix("comp-")
+            if name in STEPS:
+                out[name] = task
+    return out
+
+
+def test_compiled_yaml_is_not_stale(tmp_path):
+    fresh = compile_pipeline(tmp_path / "training.yaml")
+    assert fresh.read_text() == COMPILED.read_text(), (
+        "pipelines/compiled/training.yaml is stale: run `python -m pipelines.compile` and commit the result")
+
+
+def test_compile_is_deterministic_and_images_configurable(tmp_path):
+    a = compile_pipeline(tmp_path / "a.yaml").read_text()
+    b = compile_pipeline(tmp_path / "b.yaml").read_text()
+    assert a == b
+    c = compile_pipeline(tmp_path / "c.yaml", cpu_image="reg.local/cpu:1", train_image="reg.local/gpu:1").read_text()
+    assert "image: reg.local/cpu:1" in c and "image: reg.local/gpu:1" in c and DEFAULT_CPU_IMAGE not in c
+
+
+def test_parameters_and_structure():
+    spec, _ = _docs()
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for name in ("data_uri", "categories", "methods", "profile", "promotion_metric", "promotion_margin",
+                 "experiment", "overrides"):
+        assert name in params, name
+    assert params["categories"]["parameterType"] == "LIST"
+    assert params["promotion_margin"]["parameterType"] == "NUMBER_DOUBLE"
+    assert set(_tasks(spec)) == STEPS
+    # fetch once at the root; two nested loops (categories, then methods); summary collects from inside them
+    root_tasks = {t["componentRef"]["name"] for t in spec["root"]["dag"]["tasks"].values()}
+    assert {"comp-fetch-op", "comp-source-version-op", "comp-summary-op"} <= root_tasks
+    loops = [t for c in spec["components"].values() if "dag" in c for t in c["dag"]["tasks"].values()
+             if "parameterIterator" in t]
+    loops += [t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t]
+    assert len(loops) == 2
+    # no step installs packages at run time: the image carries everything
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        assert "pip install" not in " ".join(executor["container"]["command"]), name
+
+
+def test_images_gpu_selector_and_toleration():
+    spec, k8s = _docs()
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        step = name.removeprefix("exec-")
+        container = executor["container"]
+        resources = container.get("resources", {})
+        if step in GPU_STEPS:
+            assert container["image"] == DEFAULT_TRAIN_IMAGE
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert str(resources["accelerator"]["resourceCount"]) == "1"
+            assert k8s[name]["nodeSelector"]["labels"] == {"adcore.io/pool": "gpu"}
+            assert k8s[name]["tolerations"] == [GPU_TOLERATION]
+        else:
+            assert container["image"] == DEFAULT_CPU_IMAGE, step
+            assert "accelerator" not in resources, step
+            assert "nodeSelector" not in k8s.get(name, {}) and "tolerations" not in k8s.get(name, {}), step
+
+
+def test_every_step_gets_s3_and_mlflow_secrets_as_env():
+    spec, k8s = _docs()
+    assert {n.removeprefix("exec-") for n in k8s} == STEPS
+    for name, settings in k8s.items():
+        env = {}
+        for ref in settings["secretAsEnv"]:
+            for pair in ref["keyToEnv"]:
+                env[pair["envVar"]] = (ref["secretName"], pair["secretKey"], ref.get("optional", False))
+        assert env["AWS_ACCESS_KEY_ID"] == ("adcore-s3", "AWS_ACCESS_KEY_ID", False), name
+        assert env["AWS_SECRET_ACCESS_KEY"] == ("adcore-s3", "AWS_SECRET_ACCESS_KEY", False), name
+        assert env["AWS_ENDPOINT_URL"] == ("adcore-s3", "AWS_ENDPOINT_URL", True), name  # absent for AWS S3
+        assert env["MLFLOW_TRACKING_URI"] == ("adcore-mlflow", "MLFLOW_TRACKING_URI", False), name
+        assert env["MLFLOW_TRACKING_PASSWORD"][2] is True, name
+    # nothing secret is written into the spec itself
+    text = COMPILED.read_text()
+    assert not re.search(r"AWS_SECRET_ACCESS_KEY\s*[:=]\s*['\"]?[A-Za-z0-9/+]{16,}", text)
+
+
+def test_retry_policy_and_caching_flags():
+    spec, _ = _docs()
+    for name, task in _tasks(spec).items():
+        retry = task["retryPolicy"]
+        assert retry["maxRetryCount"] == RETRY["num_retries"] >= 2, name
+        assert retry["backoffDuration"] == RETRY["backoff_duration"], name
+        assert float(retry["backoffFactor"]) == RETRY["backoff_factor"] > 1, name
+        assert retry["backoffMaxDuration"] == RETRY["backoff_max_duration"], name
+        cached = task.get("cachingOptions", {}).get("enableCache", False)
+        assert cached == (name in CACHED), name
+    assert _tasks(spec)["register-op"].get("cachingOptions", {}).get("enableCache") is not True
+
+
+def test_source_version_feeds_the_cached_fetch():
+    """A cached fetch must re-run when the data changed: its inputs include the uncached source fingerprint."""
+    spec, _ = _docs()
+    fetch = _tasks(spec)["fetch-op"]
+    assert fetch["inputs"]["parameters"]["source_version"]["taskOutputParameter"]["producerTask"] == \
+        "source-version-op"
+
+
+# --------------------------------------------------------------------------------------------- schedule
+
+
+class FakeKFP:
+    """Just enough of the KFP v2beta1 REST API for kfp.Client's upload, experiment and recurring-run calls."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.pipelines: dict[str, dict] = {}
+        self.versions: dict[str, list[dict]] = {}
+        self.experiments: dict[str, dict] = {}
+        self.recurring: dict[str, dict] = {}
+        self.counter = 0
+
+    def new_id(self, kind: str) -> str:
+        self.counter += 1
+        return f"{kind}-{self.counter}"
+
+    @staticmethod
+    def _filter_value(query: dict) -> str | None:
+        if "filter" not in query:
+            return None
+        return json.loads(query["filter"][0])["predicates"][0]["string_value"]
+
+    def handle(self, method: str, path: str, query: dict, body: bytes, headers) -> tuple[int, dict]:
+        record = {"method": method, "path": path, "query": query}
+        if headers.get("Content-Type", "").startswith("multipart/form-data"):
+            msg = BytesParser(policy=email_policy).parsebytes(
+                b"Content-Type: " + headers["Content-Type"].encode() + b"\r\n\r\n" + body)
+            record["files"] = {part.get_filename(): part.get_payload(decode=True) for part in msg.iter_parts()}
+        elif body:
+            record["json"] = json.loads(body)
+        self.requests.append(record)
+
+        api = "/apis/v2beta1"
+        if path == f"{api}/healthz":
+            return 200, {"multi_user": False}
+        if method == "GET" and path == f"{api}/pipelines":
+            name = self._filter_value(query)
+            found = [p for p in self.pipelines.values() if name is None or p["display_name"] == name]
+            return 200, {"pipelines": found, "total_size": len(found)} if found else {}
+        if method == "POST" and path == f"{api}/pipelines/upload":
+            pid = self.new_id("pipeline")
+            self.pipelines[pid] = {"pipeline_id": pid, "display_name": query["name"][0]}
+            self.versions[pid] = [{"pipeline_id": pid, "pipeline_version_id": self.new_id("version"),
+                                   "display_name": query["name"][0]}]
+            return 200, self.pipelines[pid]
+        if method == "POST" and path == f"{api}/pipelines/upload_version":
+            pid = query["pipelineid"][0]
+            version = {"pipeline_id": pid, "pipeline_version_id": self.new_id("version"),
+                       "display_name": query["name"][0]}
+            self.versions[pid].append(version)
+            return 200, version
+        m = re.fullmatch(rf"{api}/pipelines/([^/]+)/versions", path)
+        if m and method == "GET":
+            name = self._filter_value(query)
+            found = [v for v in reversed(self.versions.get(m.group(1), []))
+                     if name is None or v["display_name"] == name]
+            return 200, {"pipeline_versions": found[:1], "total_size": len(found)} if found else {}
+        if method == "GET" and path == f"{api}/experiments":
+            name = self._filter_value(query)
+            found = [e for e in self.experiments.values() if name is None or e["display_name"] == name]
+            return 200, {"experiments": found, "total_size": len(found)} if found else {}
+        if method == "POST" and path == f"{api}/experiments":
+            eid = self.new_id("experiment")
+            self.experiments[eid] = {"experiment_id": eid, "display_name": record["json"]["display_name"]}
+            return 200, self.experiments[eid]
+        if method == "GET" and path == f"{api}/recurringruns":
+            name = self._filter_value(query)
+            found = [r for r in self.recurring.values() if name is None or r["display_name"] == name]
+            return 200, {"recurringRuns": found, "total_size": len(found)} if found else {}
+        if method == "POST" and path == f"{api}/recurringruns":
+            rid = self.new_id("recurring")
+            self.recurring[rid] = {**record["json"], "recurring_run_id": rid}
+            return 200, self.recurring[rid]
+        m = re.fullmatch(rf"{api}/recurringruns/([^/]+)", path)
+        if m and method == "DELETE":
+            self.recurring.pop(m.group(1), None)
+            return 200, {}
+        return 404, {"error": f"stand-in: no route for {method} {path}"}
+
+
+@pytest.fixture
+def fake_kfp():
+    state = FakeKFP()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            url = urlparse(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, payload = state.handle(self.command, url.path, parse_qs(url.query), body, self.headers)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_DELETE = _serve
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.host = f"http://127.0.0.1:{server.server_port}"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def _posts(state: FakeKFP, suffix: str) -> list[dict]:
+    return [r for r in state.requests if r["method"] == "POST" and r["path"].endswith(suffix)]
+
+
+def test_schedule_uploads_and_creates_the_recurring_run(fake_kfp, capsys):
+    from pipelines.schedule import main
+
+    rc = main(["--host", fake_kfp.host, "--cron", "0 0 2 * * *", "--experiment", "nightly",
+               "--param", 'categories=["bottle","carpet"]', "--param", "profile=paper"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+
+    uploads = _posts(fake_kfp, "/pipelines/upload")
+    assert len(uploads) == 1
+    assert uploads[0]["query"]["name"] == ["adcore-training"]
+    (content,) = uploads[0]["files"].values()
+    assert content == COMPILED.read_bytes()  # the committed, compiled pipeline
+
+    (exp,) = _posts(fake_kfp, "/experiments")
+    assert exp["json"]["display_name"] == "nightly"
+
+    (create,) = _posts(fake_kfp, "/recurringruns")
+    body = create["json"]
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * *"
+    assert int(body["max_concurrency"]) == 1
+    assert body["no_catchup"] is True
+    assert body["mode"] == "ENABLE"
+    assert body["service_account"] == "adcore-pipeline-runner"
+    assert body["display_name"] == "adcore-nightly"
+    assert body["experiment_id"] == exp_id(fake_kfp, "nightly")
+    ref = body["pipeline_version_reference"]
+    assert ref["pipeline_id"] == result["pipeline_id"] and ref["pipeline_version_id"] == result["version_id"]
+    assert body["runtime_config"]["parameters"] == {"categories": ["bottle", "carpet"], "profile": "paper"}
+    assert "pipeline_spec" not in body or not body["pipeline_spec"]  # by reference to the uploaded version
+
+
+def exp_id(state: FakeKFP, name: str) -> str:
+    return next(e["experiment_id"] for e in state.experiments.values() if e["display_name"] == name)
+
+
+def test_schedule_again_updates_instead_of_duplicating(fake_kfp, tmp_path):
+    from pipelines.schedule import schedule
+
+    first = schedule(fake_kfp.host, "0 0 2 * * *")
+    # Same YAML: no new upload, the recurring run is replaced (one left, with the new cron).
+    second = schedule(fake_kfp.host, "0 30 3 * * *")
+    assert len(_posts(fake_kfp, "/pipelines/upload")) == 1
+    assert not _posts(fake_kfp, "/pipelines/upload_version")
+    assert second["version_id"] == first["version_id"]
+    assert second["replaced"] == [first["recurring_run_id"]]
+    assert [r["trigger"]["cron_schedule"]["cron"] for r in fake_kfp.recurring.values()] == ["0 30 3 * * *"]
+    assert len(_posts(fake_kfp, "/experiments")) == 1  # the experiment is reused
+
+    # A changed pipeline: a new version of the same pipeline, and the schedule points at it.
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(COMPILED.read_text().replace("adcore: fetch", "adcore (changed): fetch", 1))
+    third = schedule(fake_kfp.host, "0 0 2 * * *", package=changed)
+    (version_upload,) = _posts(fake_kfp, "/pipelines/upload_version")
+    assert version_upload["query"]["pipelineid"] == [first["pipeline_id"]]
+    assert third["pipeline_id"] == first["pipeline_id"] and third["version_id"] != first["version_id"]
+    (only,) = fake_kfp.recurring.values()
+    assert only["pipeline_version_reference"]["pipeline_version_id"] == third["version_id"]
+
+
+def test_schedule_rejects_a_five_field_cron(fake_kfp, capsys):
+    from pipelines.schedule import main
+
+    assert main(["--host", fake_kfp.host, "--cron", "0 2 * * *"]) == 2
+    assert "6 fields" in capsys.readouterr().err
+    assert not fake_kfp.requests

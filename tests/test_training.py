@@ -1,0 +1,90 @@
+"""Training and evaluation orchestration: validation split, cache reuse, calibration, recorded facts, metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from adcore.errors import DataError
+from adcore.evaluation import METRIC_KEYS, evaluate_model
+from adcore.features import FeatureCache
+from adcore.methods import load_model
+from adcore.training import default_cache_dir, train_model
+
+TINY = ["data.image_size=64", "train.device=cpu"]
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADCORE_CACHE_DIR", str(tmp_path / "a"))
+    assert default_cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("ADCORE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "adcore" / "features"
+
+
+def test_train_then_evaluate(demo_root, tmp_path, caplog, monkeypatch):
+    extracted = []
+    original = FeatureCache._extract
+
+    def counting_extract(*args, **kwargs):
+        extracted.append(len(args[1]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(FeatureCache, "_extract", staticmethod(counting_extract))
+    cache = tmp_path / "cache"
+    result = train_model("patchcore", demo_root, "widget", tmp_path / "model", overrides=TINY, cache_dir=cache,
+                         progress=False)
+    assert result.model_dir == tmp_path / "model" and result.device == "cpu"
+    assert result.seconds > 0 and result.peak_rss_mb > 0 and result.history == []
+    assert result.config.data.image_size == 64
+
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    fit = meta["fit_info"]
+    train_dir = demo_root / "widget" / "train" / "good"
+    # The validation split is carved from train/good (16 images, 10 %, at least 2): never from the test split.
+    assert len(fit["val_images"]) == 2 and all(Path(p).parent == train_dir for p in fit["val_images"])
+    assert meta["data"]["n_train"] == 14 and meta["data"]["n_val"] == 2 and meta["data"]["category"] == "widget"
+    assert fit["n_patches"] == 14 * 8 * 8 and fit["seen_anomalies"] == []
+    assert extracted == [14]  # the backbone ran once, on the training images only
+    assert meta["normalizer"] is not None and meta["normalizer"]["quantile"] == 0.99
+    assert meta["config"]["data"]["image_size"] == 64 and meta["method"] == "patchcore"
+    assert meta["backbone"]["name"] == "tf_efficientnet_lite0" and meta["backbone"]["mean"] == [0.5, 0.5, 0.5]
+    assert {"python", "torch", "timm"} <= set(meta["environment"])
+
+    # A second training with the same data and settings reads the features from the cache.
+    with caplog.at_level(logging.INFO, logger="adcore.features"):
+        again = train_model("patchcore", demo_root, "widget", tmp_path / "model2", overrides=TINY, cache_dir=cache,
+                            progress=False)
+    assert extracted == [14] and "feature cache hit" in caplog.text
+    assert json.loads((again.model_dir / "model.json").read_text())["fit_info"]["memory_size"] == fit["memory_size"]
+
+    out = tmp_path / "eval" / "metrics.json"
+    results = evaluate_model(tmp_path / "model", demo_root, "widget", out, progress=False, write_artifacts=False)
+    assert set(METRIC_KEYS) <= set(results) and json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results["n_images"] == 6 + 3 * 3 and results["n_anomalous"] == 9
+    assert results["image_auroc"] > 0.9
+    assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json"]  # no artifacts asked for
+
+    # Normalised predictions of the loaded model: the validation images sit at or below the 0.5 threshold mostly.
+    model = load_model(tmp_path / "model", device="cpu")
+    from adcore.data.dataset import make_loader
+    from adcore.data.mvtec import Sample
+
+    val = [Sample(Path(p), 0, "good", None) for p in fit["val_images"]]
+    batch = next(iter(make_loader(val, model.make_transform(), 8)))
+    pred = model.predict(batch["image"], normalize=True)
+    assert float(pred.scores.min()) >= 0 and float(pred.scores.max()) <= 0.55
+
+
+def test_train_on_a_category_with_too_few_images(tiny_category, tmp_path):
+    cat = tiny_category("two", n_train=2)
+    # Two training images and min_val_images=2 would leave nothing to train on.
+    with pytest.raises(DataError, match=r"two/train/good: no images left for training after the split"):
+        train_model("patchcore", cat.parent, "two", tmp_path / "m",
+                    overrides=["backbone.name=resnet18", "backbone.weights=random", "data.image_size=32",
+                               "data.val_fraction=0.5", "train.device=cpu"], cache_dir=tmp_path / "c",
+                    progress=False)
+    assert not (tmp_path / "m").exists()
