@@ -122,7 +122,8 @@ def run_bench(
         "feature_cache": "shared" if cache_dir is not None else "fresh per run",
         "notes": {"peak_memory": PEAK_MEMORY_NOTE,
                   "timing": "median over full batches of the timing images; x_floor = median paired ratio "
-                            "predict / backbone-only forward on the same tensors, interleaved"},
+                            "predict / backbone-only forward on the same tensors, interleaved; *_cpu_* = the same "
+                            "with process CPU time (all threads of the run), robust to other load on the machine"},
         "consistency": consistency_checks(rows),
         "rows": rows,
     }
@@ -228,7 +229,7 @@ def markdown_table(rows: list[dict], batch_sizes: Sequence[int]) -> str:
     cols = list(TABLE_COLUMNS)
     for b in batch_sizes:
         cols += [(f"ms_per_image_b{b}", f"ms/img b{b}"), (f"backbone_ms_per_image_b{b}", f"floor b{b}"),
-                 (f"x_floor_b{b}", f"x floor b{b}")]
+                 (f"x_floor_b{b}", f"x floor b{b}"), (f"x_floor_cpu_b{b}", f"x floor CPU b{b}")]
     cols += [("peak_rss_mb", "peak RSS MB"), ("model_mb", "model MB")]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -285,7 +286,7 @@ def _fmt(value: Any, key: str = "") -> str:
     if isinstance(value, float):
         if key.startswith(("image_", "pixel_")) or key in {"image_auroc"}:
             return f"{value:.3f}"
-        if key.startswith("x_floor"):
+        if key.startswith(("x_floor", "epoch_over")):
             return f"{value:.2f}"
         return f"{value:.3f}" if abs(value) < 1 else f"{value:.1f}"
     return str(value)
@@ -415,11 +416,14 @@ def time_inference(model, data_root, category: str, batch_sizes: Sequence[int], 
     size = tuple(images.shape[-2:])
     sync = (lambda: torch.cuda.synchronize(model.device)) if model.device.type == "cuda" else (lambda: None)
 
-    def timed(fn, *args):
+    cpu: dict[str, list[float]] = {}
+
+    def timed(fn, *args, name: str = ""):
         sync()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         out = fn(*args)
         sync()
+        cpu.setdefault(name, []).append(time.process_time() - c0)
         return time.perf_counter() - t0, out
 
     def backbone(x):
@@ -440,9 +444,10 @@ def time_inference(model, data_root, category: str, batch_sizes: Sequence[int], 
         model.predict(batches[0])  # warm-up: allocator, lazy init, caches
         backbone(batches[0])
         t_pred, t_back, t_post = [], [], []
+        cpu.clear()
         for x in batches:
-            tb, _ = timed(backbone, x)
-            tp, _ = timed(model.predict, x)
+            tb, _ = timed(backbone, x, name="backbone")
+            tp, _ = timed(model.predict, x, name="predict")
             t_back.append(tb)
             t_pred.append(tp)
         raw_maps = raw(batches[0]).maps.float()
@@ -455,6 +460,11 @@ def time_inference(model, data_root, category: str, batch_sizes: Sequence[int], 
         out[f"backbone_ms_per_image_min_b{b}"] = 1000 * min(t_back) / b
         out[f"postprocess_ms_per_image_b{b}"] = 1000 * statistics.median(t_post) / b
         out[f"x_floor_b{b}"] = statistics.median(p / q for p, q in zip(t_pred, t_back))
+        # CPU time of this process (all its threads): far less sensitive to other processes than wall time
+        out[f"cpu_ms_per_image_b{b}"] = 1000 * statistics.median(cpu["predict"]) / b
+        out[f"backbone_cpu_ms_per_image_b{b}"] = 1000 * statistics.median(cpu["backbone"]) / b
+        out[f"x_floor_cpu_b{b}"] = statistics.median(p / max(q, 1e-9) for p, q in zip(cpu["predict"],
+                                                                                      cpu["backbone"]))
     return out
 
 

@@ -94,10 +94,67 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return y.unsqueeze(1) if had_channel else y
 
 
+def _upsample_matrix(n_in: int, n_out: int) -> Tensor:
+    """(n_out, n_in) float64 matrix of 1-D bilinear resizing exactly as F.interpolate(align_corners=False) does it.
+
+    Taken from F.interpolate applied to the identity, so torch's own index and weight rules are used.
+    """
+    if n_in == n_out:
+        return torch.eye(n_in, dtype=torch.float64)
+    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)
+    return F.interpolate(eye, size=(n_out, 1), mode="bilinear", align_corners=False)[:, 0, :, 0].T.contiguous()
+
+
+def _blur_matrix(n: int, sigma: float) -> Tensor:
+    """(n, n) float64 matrix of the 1-D Gaussian with scipy's 'reflect' border (see gaussian_blur)."""
+    if sigma == 0:
+        return torch.eye(n, dtype=torch.float64)
+    k = gaussian_kernel1d(sigma, dtype=torch.float64)
+    r = (k.numel() - 1) // 2
+    src = _symmetric_index(n, r, None).unfold(0, k.numel(), 1)  # (n, taps): padded window of each output
+    out = torch.zeros(n, n, dtype=torch.float64)
+    out.scatter_add_(1, src, k.expand(n, -1).contiguous())
+    return out
+
+
+_OPERATORS: dict[tuple, Tensor] = {}
+
+
+def _resize_blur_operator(n_in: int, n_out: int, sigma: float, dtype: torch.dtype, device: Any) -> Tensor:
+    """Blur @ upsample along one axis, (n_out, n_in), memoised (a handful of sizes per process)."""
+    key = (n_in, n_out, float(sigma), dtype, str(device))
+    op = _OPERATORS.get(key)
+    if op is None:
+        if len(_OPERATORS) > 64:
+            _OPERATORS.clear()
+        op = (_blur_matrix(n_out, sigma) @ _upsample_matrix(n_in, n_out)).to(dtype=dtype, device=device)
+        _OPERATORS[key] = op
+    return op
+
+
 def anomaly_maps_to_input(maps: Tensor, size: tuple[int, int], sigma: float = 4.0) -> Tensor:
-    """Upsample feature-level maps to the input size, then blur (sigma in input pixels): (B, H, W)."""
+    """Upsample feature-level maps to the input size, then blur (sigma in input pixels): (B, H, W).
+
+    Equal (to float rounding) to ``gaussian_blur(upsample(maps, size), sigma)``, computed in one pass: bilinear
+    resizing and the reflect-padded Gaussian are both separable linear maps, so per axis they fold into one small
+    (H, h) matrix A (and B for the width) and the result is A @ map @ B.T - two small matrix products per map
+    instead of an interpolation, two paddings and two 33-tap convolutions on the full-size map (about 10x faster
+    at 256 px on a CPU).
+    """
     x, _ = _as_bhw(maps, "anomaly_maps_to_input")
-    return gaussian_blur(upsample(x, size), sigma)
+    if sigma < 0 or not math.isfinite(sigma):
+        raise DataError(f"anomaly_maps_to_input: sigma must be a finite number >= 0, got {sigma}")
+    if not x.is_floating_point():
+        x = x.float()
+    (h, w), (out_h, out_w) = x.shape[-2:], (int(size[0]), int(size[1]))
+    if sigma == 0:
+        return upsample(x, (out_h, out_w))
+    a = _resize_blur_operator(h, out_h, sigma, x.dtype, x.device)
+    b = _resize_blur_operator(w, out_w, sigma, x.dtype, x.device)
+    # Cheaper order first: (A @ X) @ B.T costs H*h*w + H*w*W, A @ (X @ B.T) costs h*w*W + H*h*W.
+    if out_h * h * w + out_h * w * out_w <= h * w * out_w + out_h * h * out_w:
+        return torch.matmul(torch.matmul(a, x), b.T)
+    return torch.matmul(a, torch.matmul(x, b.T))
 
 
 def image_score_max(maps: Tensor) -> Tensor:

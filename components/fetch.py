@@ -158,9 +158,9 @@ def _list_s3(uri: str) -> list[RemoteFile]:
                 files.append(RemoteFile(rel, obj["Size"], f"etag:{etag}", origin,
                                         _s3_downloader(client, bucket, key, etag, endpoint), md5))
     except (ClientError, BotoCoreError) as exc:
-        raise _s3_error(exc, f"s3://{bucket}/{prefix}", endpoint) from None
+        raise _s3_error(exc, f"s3://{bucket}/{prefix}".rstrip("/"), endpoint) from None
     if not files:
-        raise DataError(f"s3://{bucket}/{prefix}: no objects under this prefix at {endpoint}")
+        raise DataError(f"s3://{bucket}/{prefix}".rstrip("/") + f": no objects under this prefix at {endpoint}")
     return files
 
 

@@ -187,9 +187,8 @@ def register_model(model_dir: str, metrics_json: str, category: str, method: str
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
             with mlflow.start_run(run_id=run.run_id), warnings.catch_warnings():
-                # Both are deliberate: no input_example (it would pickle the weights), a signature instead of hints.
+                # Deliberate: no input_example (it would pickle the weights); the explicit signature is given instead.
                 warnings.filterwarnings("ignore", message=".*input example was not provided")
-                warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_path)},
                     signature=_signature(), pip_requirements=_requirements())
@@ -202,7 +201,7 @@ def register_model(model_dir: str, metrics_json: str, category: str, method: str
         champion = _champion(client, name)
         result = {"name": name, "version": int(version.version), "run_id": run.run_id, "metric": metric,
                   "champion_uri": f"models:/{name}@{CHAMPION}"}
-        if champion is not None and champion.version == version.version:
+        if champion is not None and str(champion.version) == str(version.version):
             reasons = champion.tags.get("promotion.reasons", "already champion")
             return {**result, "decision": "unchanged", "promoted": True, "reasons": reasons,
                     "champion_version": int(champion.version)}
@@ -230,11 +229,11 @@ def register_model(model_dir: str, metrics_json: str, category: str, method: str
             client.set_registered_model_alias(name, CHAMPION, version.version)
         tags = {"promotion.decision": decision, "promotion.reasons": "; ".join(reasons),
                 "promotion.metric": metric, "promotion.margin": str(margin), "promotion.tolerance": str(tolerance),
-                "promotion.compared_with": champion.version if champion is not None else "none",
+                "promotion.compared_with": str(champion.version) if champion is not None else "none",
                 "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         for key, value in tags.items():
             client.set_model_version_tag(name, version.version, key, value)
-        run.set_tags({**tags, "registered_model": name, "registered_version": version.version})
+        run.set_tags({**tags, "registered_model": name, "registered_version": str(version.version)})
         return {**result, "decision": decision, "promoted": promote, "reasons": "; ".join(reasons),
                 "champion_version": int(version.version) if promote else
                 (int(champion.version) if champion is not None else None)}

@@ -47,7 +47,8 @@ def check_cron(cron: str) -> str:
 
 
 def _name_filter(key: str, value: str) -> str:
-    return json.dumps({"predicates": [{"key": key, "operation": "EQUALS", "string_value": value}]})
+    """A KFP API filter (protobuf JSON, as kfp.Client writes its own): ``key == value``."""
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": key, "stringValue": value}]})
 
 
 def pipeline_version_name(package: Path) -> str:
@@ -57,19 +58,25 @@ def pipeline_version_name(package: Path) -> str:
 
 
 def upload(client, package: Path, pipeline_name: str, description: str = "") -> tuple[str, str]:
-    """Upload the pipeline, or a new version of it when its content changed; returns (pipeline_id, version_id)."""
+    """Upload the pipeline, or a new version of it when its content changed; returns (pipeline_id, version_id).
+
+    Versions are named ``<adcore version>-<sha256 of the YAML>``. KFP names the first version of a new pipeline
+    after the pipeline, so that one is recognised by the version name recorded in the pipeline's description.
+    """
     version_name = pipeline_version_name(package)
     pipeline_id = client.get_pipeline_id(pipeline_name)
     if pipeline_id is None:
         pipeline_id = client.upload_pipeline(str(package), pipeline_name=pipeline_name,
-                                             description=description).pipeline_id
-        first = client.list_pipeline_versions(pipeline_id, page_size=1).pipeline_versions
-        if first:  # the upload made the first version
-            return pipeline_id, first[0].pipeline_version_id
+                                             description=f"{description} [first version {version_name}]").pipeline_id
     found = client.list_pipeline_versions(pipeline_id, page_size=1,
                                           filter=_name_filter("display_name", version_name)).pipeline_versions
     if found:  # this exact YAML is there already
         return pipeline_id, found[0].pipeline_version_id
+    if f"[first version {version_name}]" in (client.get_pipeline(pipeline_id).description or ""):
+        first = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at",
+                                              filter=_name_filter("display_name", pipeline_name)).pipeline_versions
+        if first:
+            return pipeline_id, first[0].pipeline_version_id
     version = client.upload_pipeline_version(str(package), pipeline_version_name=version_name,
                                              pipeline_id=pipeline_id, description=description)
     return pipeline_id, version.pipeline_version_id

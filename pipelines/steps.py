@@ -160,8 +160,9 @@ def log_summary(markdown: str, rows: list[dict[str, Any]], *, experiment: str = 
         return run.run_id
 
 
-def report(metrics_files: Sequence[str], markdown_out: str, json_out: str) -> dict[str, Any]:
-    """dvc's report stage: one table and one metrics file (category -> method -> metric) from evaluate outputs."""
+def report(metrics_files: Sequence[str], markdown_out: str, json_out: str, plot_out: str = "") -> dict[str, Any]:
+    """dvc's report stage: one table, one metrics file (category -> method -> metric) and one plot table (a row
+    per category/method) from the evaluate outputs."""
     from adcore.io import atomic_write_json, atomic_write_text
 
     results = []
@@ -179,6 +180,10 @@ def report(metrics_files: Sequence[str], markdown_out: str, json_out: str) -> di
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(markdown_out), markdown)
     atomic_write_json(Path(json_out), nested)
+    if plot_out:
+        Path(plot_out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(plot_out), [{"run": f"{cat}/{method}", **values} for cat, methods in
+                                           sorted(nested.items()) for method, values in sorted(methods.items())])
     return {"markdown": markdown_out, "metrics": json_out, "rows": len(rows)}
 
 
@@ -191,7 +196,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-data", help="the demo dataset (adcore.data.demo) with the sizes of params.yaml")
     p.add_argument("output")
-    p.add_argument("--categories", nargs="+", required=True)
+    p.add_argument("--params", default="", help="take the settings from the `demo` section of this params.yaml")
+    p.add_argument("--categories", nargs="+", default=["tile", "widget"])
     p.add_argument("--n-train", type=int, default=40)
     p.add_argument("--n-test-good", type=int, default=10)
     p.add_argument("--n-test-defect", type=int, default=6)
@@ -202,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data_root")
     p.add_argument("category")
     p.add_argument("cache_dir")
-    p.add_argument("--methods", nargs="+", required=True)
+    p.add_argument("--methods", nargs="+", default=None, help="default: the `methods` list of --params")
     p.add_argument("--params", default="")
 
     p = sub.add_parser("train", help="components.train over a private copy of the feature cache")
@@ -219,23 +225,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("metrics", nargs="+")
     p.add_argument("--markdown", required=True)
     p.add_argument("--json", required=True)
+    p.add_argument("--plot", default="", help="rows for `dvc plots` (x: run, y: a metric)")
     return parser
 
 
+def _params_section(path: str, key: str) -> Any:
+    """dvc cannot put a list into a command line: the steps read lists from params.yaml themselves."""
+    from adcore.config import load_params
+
+    return load_params(path).get(key) if path else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from adcore.errors import AdcoreError
+    from adcore.errors import AdcoreError, ConfigError
 
     args = _parser().parse_args(argv)
     try:
         if args.step == "demo-data":
             from adcore.data.demo import generate_demo_dataset
 
+            for key, value in (_params_section(args.params, "demo") or {}).items():
+                if key not in vars(args) or key in ("output", "params"):
+                    raise ConfigError(f"{args.params}: demo.{key}: unknown setting")
+                setattr(args, key, value)
             out = generate_demo_dataset(args.output, categories=args.categories, n_train=args.n_train,
                                         n_test_good=args.n_test_good, n_test_defect=args.n_test_defect,
                                         image_size=args.image_size, seed=args.seed)
             result: dict[str, Any] = {"output": str(out)}
         elif args.step == "features":
-            result = extract_category_features(args.data_root, args.category, args.cache_dir, args.methods,
+            methods = args.methods or _params_section(args.params, "methods")
+            if not methods:
+                raise ConfigError("features: give --methods or a params file with a `methods` list")
+            result = extract_category_features(args.data_root, args.category, args.cache_dir, methods,
                                                params=args.params)
         elif args.step == "train":
             with tempfile.TemporaryDirectory(prefix="adcore-ckpt-") as ckpt:
@@ -243,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     cache_dir=args.cache_dir, params=args.params, experiment=args.experiment,
                                     track=args.track, checkpoint_dir=ckpt)
         else:
-            result = report(args.metrics, args.markdown, args.json)
+            result = report(args.metrics, args.markdown, args.json, args.plot)
     except AdcoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -138,6 +138,8 @@ def test_nightly_job_end_to_end(env, tmp_path):
     for method, extra in (("patchcore", []), ("frad", ["method.frad.epochs=1", "method.frad.channels=16"])):
         tr = train(method, str(data), "tile", str(tmp_path / "models" / method), overrides=TINY + extra,
                    cache_dir=str(cache))
+        if method == "patchcore":  # training read the features the features step cached
+            assert [p.name for p in cache.iterdir() if not p.name.startswith(".")] == [feats["key"]]
         ev = evaluate(tr["model_dir"], str(data), "tile", str(tmp_path / "eval" / method))
         assert ev["run_id"] == tr["run_id"]  # the evaluation found the training run by the model's hash
         reg = register_model(tr["model_dir"], ev["metrics_json"], "tile", method, prefix="e2e", data_root=str(data))
@@ -217,7 +219,7 @@ def test_fault_messages(env, tmp_path, monkeypatch, capsys):
     _upload(s3, demo, "adcore-e2e-faults", "ok")
 
     code, err = _cli(["fetch", "s3://adcore-e2e-nope/data", str(tmp_path / "a")], capsys)
-    assert code == 2 and err == (f"error: s3://adcore-e2e-nope/data/: bucket 'adcore-e2e-nope' does not exist at "
+    assert code == 2 and err == (f"error: s3://adcore-e2e-nope/data: bucket 'adcore-e2e-nope' does not exist at "
                                  f"{env['s3']} (NoSuchBucket); check the bucket name and AWS_ENDPOINT_URL")
 
     _upload(s3, demo, "adcore-e2e-faults", "corrupt")

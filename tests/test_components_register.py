@@ -82,5 +82,5 @@ def test_registry_on_local_sqlite_reevaluates_champion_on_another_split(demo_roo
     assert with_root["reasons"].startswith("champion v1 was re-evaluated on this test split; image_auroc 1.0000 "
                                            f"beats champion v1's {ev['image_auroc']:.4f}")
     client = MlflowClient("sqlite:///mlflow.db")
-    assert client.get_model_version_by_alias("t-tile-patchcore", "champion").version == "2"
+    assert str(client.get_model_version_by_alias("t-tile-patchcore", "champion").version) == "2"
     assert client.get_model_version("t-tile-patchcore", "2").tags["promotion.compared_with"] == "1"

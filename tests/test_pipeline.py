@@ -159,7 +159,9 @@ class FakeKFP:
     def _filter_value(query: dict) -> str | None:
         if "filter" not in query:
             return None
-        return json.loads(query["filter"][0])["predicates"][0]["string_value"]
+        (predicate,) = json.loads(query["filter"][0])["predicates"]
+        assert predicate["operation"] in (1, "EQUALS") and predicate["key"] == "display_name", predicate
+        return predicate.get("stringValue", predicate.get("string_value"))
 
     def handle(self, method: str, path: str, query: dict, body: bytes, headers) -> tuple[int, dict]:
         record = {"method": method, "path": path, "query": query}
@@ -180,7 +182,8 @@ class FakeKFP:
             return 200, {"pipelines": found, "total_size": len(found)} if found else {}
         if method == "POST" and path == f"{api}/pipelines/upload":
             pid = self.new_id("pipeline")
-            self.pipelines[pid] = {"pipeline_id": pid, "display_name": query["name"][0]}
+            self.pipelines[pid] = {"pipeline_id": pid, "display_name": query["name"][0],
+                                   "description": query.get("description", [""])[0]}
             self.versions[pid] = [{"pipeline_id": pid, "pipeline_version_id": self.new_id("version"),
                                    "display_name": query["name"][0]}]
             return 200, self.pipelines[pid]
@@ -190,6 +193,9 @@ class FakeKFP:
                        "display_name": query["name"][0]}
             self.versions[pid].append(version)
             return 200, version
+        m = re.fullmatch(rf"{api}/pipelines/([^/]+)", path)
+        if m and method == "GET" and m.group(1) in self.pipelines:
+            return 200, self.pipelines[m.group(1)]
         m = re.fullmatch(rf"{api}/pipelines/([^/]+)/versions", path)
         if m and method == "GET":
             name = self._filter_value(query)
@@ -227,7 +233,10 @@ def fake_kfp():
         def _serve(self) -> None:
             url = urlparse(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            status, payload = state.handle(self.command, url.path, parse_qs(url.query), body, self.headers)
+            try:
+                status, payload = state.handle(self.command, url.path, parse_qs(url.query), body, self.headers)
+            except Exception as exc:  # answer, so the client fails with the reason instead of retrying
+                status, payload = 500, {"error": f"stand-in: {exc!r}"}
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -259,7 +268,8 @@ def test_schedule_uploads_and_creates_the_recurring_run(fake_kfp, capsys):
     rc = main(["--host", fake_kfp.host, "--cron", "0 0 2 * * *", "--experiment", "nightly",
                "--param", 'categories=["bottle","carpet"]', "--param", "profile=paper"])
     assert rc == 0
-    result = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out  # kfp.Client prints links to the UI first
+    result = json.loads(out[out.index("{\n"):])
 
     uploads = _posts(fake_kfp, "/pipelines/upload")
     assert len(uploads) == 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adcore.config import resolve
-from adcore.data.mvtec import load_category, split_seen_anomalies
+from adcore.data.mvtec import load_category, read_image, split_seen_anomalies
 from adcore.features import FeatureCache
 from adcore.methods import create_model, load_model
 from adcore.methods.base import FitData, seed_everything
@@ -132,8 +132,7 @@ def test_save_load_round_trip_and_resume(demo_root, tmp_path):
     cat = load_category(demo_root, "tile")
     model = _model()
     _fit(model, cat)
-    images = torch.stack([model.make_transform()(np.asarray(
-        __import__("adcore.data.mvtec", fromlist=["read_image"]).read_image(s.path))) for s in cat.test[:3]])
+    images = torch.stack([model.make_transform()(read_image(s.path)) for s in cat.test[:3]])
     before = model.predict(images)
     model.save(tmp_path / "m")
     loaded = load_model(tmp_path / "m")

@@ -6,9 +6,10 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from adcore.errors import DataError
+from adcore.errors import ModelFormatError
 from adcore.evaluation import METRIC_KEYS, evaluate_model
 from adcore.features import FeatureCache
 from adcore.methods import load_model
@@ -79,12 +80,19 @@ def test_train_then_evaluate(demo_root, tmp_path, caplog, monkeypatch):
     assert float(pred.scores.min()) >= 0 and float(pred.scores.max()) <= 0.55
 
 
-def test_train_on_a_category_with_too_few_images(tiny_category, tmp_path):
-    cat = tiny_category("two", n_train=2)
-    # Two training images and min_val_images=2 would leave nothing to train on.
-    with pytest.raises(DataError, match=r"two/train/good: no images left for training after the split"):
-        train_model("patchcore", cat.parent, "two", tmp_path / "m",
-                    overrides=["backbone.name=resnet18", "backbone.weights=random", "data.image_size=32",
-                               "data.val_fraction=0.5", "train.device=cpu"], cache_dir=tmp_path / "c",
-                    progress=False)
-    assert not (tmp_path / "m").exists()
+def test_single_training_image_trains_without_validation(tiny_category, tmp_path):
+    cat = tiny_category("one", n_train=1, size=(32, 32))
+    result = train_model("patchcore", cat.parent, "one", tmp_path / "m",
+                         overrides=["backbone.name=resnet18", "backbone.weights=random", "data.image_size=32",
+                                    "train.device=cpu"], cache_dir=tmp_path / "c", progress=False)
+    meta = json.loads((result.model_dir / "model.json").read_text())
+    assert meta["data"]["n_train"] == 1 and meta["data"]["n_val"] == 0 and meta["normalizer"] is None
+    model = load_model(result.model_dir)
+    images = model.make_transform()(np.zeros((32, 32, 3), np.uint8))[None]
+    with pytest.raises(ModelFormatError, match="no fitted normaliser"):
+        model.predict(images, normalize=True)
+    # predict then reports raw scores only, with a min-max scaled heatmap.
+    from adcore.predict import predict_files
+
+    records = list(predict_files(result.model_dir, [cat / "test" / "good" / "000.png"], tmp_path / "p"))
+    assert set(records[0]) == {"path", "score", "heatmap"}

@@ -13,9 +13,11 @@ Generalised: any timm backbone with strides 8 and 16 (cpu profile: the offline E
 
 from __future__ import annotations
 
+import heapq
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -57,39 +59,109 @@ def local_patch_features(stages: list[torch.Tensor], patch_size: int, embedding_
 
 
 def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 128, seed: int = 0,
-                   show_progress: bool = False) -> torch.Tensor:
-    """Indices of a greedy k-center coreset (paper Alg. 1) selected on a random projection of ``features``.
+                   show_progress: bool = False, leaf_size: int = 256) -> torch.Tensor:
+    """Indices of the greedy k-center coreset (paper Alg. 1) of ``features``, on a random projection.
 
-    Keeps only one running distance vector (N floats) and does one (N x d) matrix-vector pass per pick.
+    Exact greedy selection, made fast by lazy evaluation: points are grouped into compact leaves of a random
+    projection tree; each leaf keeps an upper bound of its largest distance to the coreset, and new centres are
+    applied to a leaf only when its bound is the largest (a small matrix product over all centres it has not seen),
+    skipping centres that the triangle inequality proves too far to matter. The next centre is the argmax of an
+    up-to-date leaf whose bound tops every other leaf's, which is exactly the plain algorithm's choice.
     """
     n = features.shape[0]
-    n_select = max(1, min(n_select, n))
+    n_select = max(1, min(int(n_select), n))
     gen = torch.Generator().manual_seed(seed)
-    x = features.float()
+    x = features.detach().float().cpu()
     if projection_dim < x.shape[1]:
         proj = torch.randn(x.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
-        x = x @ proj.to(x.device)
-    sq = (x * x).sum(1)
+        x = x @ proj
     start = int(torch.randint(n, (1,), generator=gen))
-    selected = torch.empty(n_select, dtype=torch.long)
-    selected[0] = start
-    min_dist = (sq - 2 * x @ x[start] + sq[start]).clamp_min_(0)
+    if n_select == n:
+        return torch.cat([torch.tensor([start]), torch.tensor([i for i in range(n) if i != start])])
+    sel = _lazy_k_center(x.numpy().astype(np.float32, copy=False), n_select, start, leaf_size, seed, show_progress)
+    return torch.from_numpy(sel)
+
+
+def _tree_leaves(x: np.ndarray, leaf: int, seed: int) -> list[np.ndarray]:
+    """Random projection tree: split at the median along the axis between two far points until leaves are small."""
+    rng = np.random.default_rng(seed)
+    leaves, stack = [], [np.arange(x.shape[0])]
+    while stack:
+        idx = stack.pop()
+        if idx.shape[0] <= leaf:
+            leaves.append(idx)
+            continue
+        pts = x[idx]
+        a = pts[rng.integers(len(idx))]
+        far1 = pts[np.argmax(((pts - a) ** 2).sum(1))]
+        far2 = pts[np.argmax(((pts - far1) ** 2).sum(1))]
+        k = max(leaf, (len(idx) // 2 // leaf) * leaf)  # left part a multiple of leaf: leaves stay full
+        part = np.argpartition(pts @ (far2 - far1), k - 1)
+        stack.extend([idx[part[k:]], idx[part[:k]]])
+    return leaves
+
+
+def _lazy_k_center(x: np.ndarray, n_select: int, start: int, leaf: int, seed: int, show_progress: bool) -> np.ndarray:
+    leaves = _tree_leaves(x, leaf, seed)
+    nb = len(leaves)
+    members = np.empty((nb, leaf), dtype=np.int64)
+    for b, ids in enumerate(leaves):
+        members[b, : len(ids)] = ids
+        members[b, len(ids):] = ids[0]  # pad with copies of a member: same distances, never a new choice
+    xb = x[members]
+    sq = np.einsum("bld,bld->bl", xb, xb)
+    centre = xb.mean(1)
+    radius = np.sqrt(((xb - centre[:, None]) ** 2).sum(-1).max(1))
+    min_d = np.full((nb, leaf), np.inf, dtype=np.float32)  # squared distance to the nearest selected point
+    bound = np.full(nb, np.inf, dtype=np.float32)  # max of min_d per leaf (exact once the leaf is up to date)
+    applied = np.zeros(nb, dtype=np.int64)  # leaf b has seen sel[:applied[b]]
+    sel = np.empty(n_select, dtype=np.int64)
+    sel_sq = np.empty(n_select, dtype=np.float32)
+    sel[0], sel_sq[0] = start, x[start] @ x[start]
+    heap = [(-np.inf, b) for b in range(nb)]
     for i in progress(range(1, n_select), desc="coreset", enabled=show_progress):
-        idx = int(torch.argmax(min_dist))
-        selected[i] = idx
-        torch.minimum(min_dist, (sq - 2 * x @ x[idx] + sq[idx]).clamp_min_(0), out=min_dist)
-    return selected
+        while True:
+            b = heap[0][1]
+            if applied[b] == i:
+                break
+            heapq.heappop(heap)
+            centres, c_sq = x[sel[applied[b]:i]], sel_sq[applied[b]:i]
+            if np.isfinite(bound[b]):
+                # |p - c| >= |centre_b - c| - radius_b: centres farther than that cannot lower any distance here.
+                gap = np.sqrt(((centres - centre[b]) ** 2).sum(1)) - radius[b]
+                near = gap < np.sqrt(bound[b]) * (1 + 1e-5) + 1e-6
+                centres, c_sq = centres[near], c_sq[near]
+            if len(centres):
+                d2 = (sq[b][:, None] - 2.0 * (xb[b] @ centres.T) + c_sq[None, :]).min(1)
+                np.minimum(min_d[b], np.maximum(d2, 0.0), out=min_d[b])
+                bound[b] = min_d[b].max()
+            applied[b] = i
+            heapq.heappush(heap, (-float(bound[b]), b))
+        b = heap[0][1]
+        sel[i] = members[b, int(np.argmax(min_d[b]))]
+        sel_sq[i] = x[sel[i]] @ x[sel[i]]
+    return sel
 
 
-def nearest_neighbours(queries: torch.Tensor, memory: torch.Tensor, k: int = 1,
-                       chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean distances and indices of the k nearest memory rows for each query row (exact, blocked)."""
-    mem_sq = (memory * memory).sum(1)
+def nearest_neighbours(queries: torch.Tensor, memory: torch.Tensor, k: int = 1, chunk: int = 4096,
+                       memory_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distances and indices of the k nearest memory rows for each query row (exact, blocked).
+
+    |q - m|^2 = |q|^2 - 2 q.m + |m|^2: one fused addmm gives |m|^2 - 2 q.m per block (the search only needs
+    that, since |q|^2 is the same for every memory row), then min (k = 1) or topk, and |q|^2 is added to the k
+    winners only. Blocks are capped at 32 MiB whatever ``chunk`` says. ``memory_sq``: precomputed |m|^2.
+    """
+    mem_sq = (memory * memory).sum(1) if memory_sq is None else memory_sq
+    rows = max(1, min(int(chunk), _MAX_BLOCK // max(1, memory.shape[0])))
     dists, idxs = [], []
-    for start in range(0, queries.shape[0], chunk):
-        q = queries[start:start + chunk]
-        d2 = (q * q).sum(1, keepdim=True) - 2 * q @ memory.T + mem_sq
-        d, i = torch.topk(d2, k, dim=1, largest=False)
+    for start in range(0, queries.shape[0], rows):
+        q = queries[start:start + rows]
+        d2 = torch.addmm(mem_sq, q, memory.T, beta=1, alpha=-2)
+        if k == 1:
+            d, i = d2.min(dim=1, keepdim=True)
+        else:
+            d, i = torch.topk(d2, k, dim=1, largest=False)
+        d += (q * q).sum(1, keepdim=True)
         dists.append(d.clamp_min_(0).sqrt_())
         idxs.append(i)
     return torch.cat(dists), torch.cat(idxs)
@@ -145,7 +217,8 @@ class PatchCore(AnomalyModel):
         emb = self.embed(self.backbone(images))
         b, d, h, w = emb.shape
         queries = emb.permute(0, 2, 3, 1).reshape(-1, d)
-        dist, idx = nearest_neighbours(queries, self.memory, 1, self.cfg.chunk_size)
+        memory_sq = (self.memory * self.memory).sum(1)
+        dist, idx = nearest_neighbours(queries, self.memory, 1, self.cfg.chunk_size, memory_sq)
         patch_scores = dist[:, 0].reshape(b, h * w)
         maps = patch_scores.reshape(b, h, w)
         if not self.cfg.reweight or self.memory.shape[0] <= self.cfg.reweight_k:
@@ -155,7 +228,7 @@ class PatchCore(AnomalyModel):
         rows = torch.arange(b, device=images.device)
         query = queries.reshape(b, h * w, d)[rows, worst]
         nn_item = self.memory[idx[:, 0].reshape(b, h * w)[rows, worst]]
-        _, support = nearest_neighbours(nn_item, self.memory, self.cfg.reweight_k)
+        _, support = nearest_neighbours(nn_item, self.memory, self.cfg.reweight_k, memory_sq=memory_sq)
         d_support = torch.cdist(query.unsqueeze(1), self.memory[support]).squeeze(1)
         weight = 1 - torch.softmax(d_support, dim=1)[:, 0]
         # The paper's image score lives on the patch grid: weight * the largest patch distance.

@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 SHAPES = ("circle", "rectangle", "polygon")
 
 
-def shape_mask(size: int, kind: str, centre: tuple[float, float], radius: float, rng: np.random.Generator) -> np.ndarray:
+def shape_mask(size: int, kind: str, centre: tuple[float, float], radius: float,
+               rng: np.random.Generator) -> np.ndarray:
     """A filled ``kind`` shape of about ``radius`` around ``centre`` = (x, y), rasterised without antialiasing."""
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
