@@ -51,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="metrics JSON; plots are written beside it")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--exclude-seen-from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="also exclude the seen anomalies another model (PRN) trained on, to compare on its split")
+
+    p = sub.add_parser("synth-grid", help="save a picture grid of generated anomalies (EA, HEA, HOA) with masks")
+    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--output", type=Path, required=True, help="PNG file")
+    p.add_argument("--texture-dir", type=Path, default=None, help="texture images (default: procedural)")
+    p.add_argument("--n-seen", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--n-per-kind", type=int, default=6)
+    p.add_argument("--target-area", choices=["auto", "foreground", "whole"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("predict", help="score images with a trained model")
     p.add_argument("--model", type=Path, required=True)
@@ -126,11 +139,26 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from adcore.evaluation import evaluate_model
 
+    exclude: list[str] = []
+    if args.exclude_seen_from is not None:
+        from adcore.io import read_model_meta
+
+        exclude = (read_model_meta(args.exclude_seen_from).get("fit_info") or {}).get("seen_anomalies") or []
     results = evaluate_model(args.model, args.data_root, args.category, args.output, device=args.device,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, exclude=exclude)
     print(json.dumps({k: results.get(k) for k in (
         "image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap", "image_f1_max", "pixel_f1_max",
         "n_images", "ms_per_image")}))
+    return 0
+
+
+def _synth_grid(args) -> int:
+    from adcore.synthesis.grid import anomaly_grid_for_category
+
+    path = anomaly_grid_for_category(args.data_root, args.category, args.output, n_seen=args.n_seen,
+                                     image_size=args.image_size, texture_dir=args.texture_dir, seed=args.seed,
+                                     n_per_kind=args.n_per_kind, target_area=args.target_area)
+    print(path)
     return 0
 
 
@@ -175,4 +203,4 @@ def _quickstart(args) -> int:
 
 
 COMMANDS = {"demo-data": _demo_data, "train": _train, "evaluate": _evaluate, "predict": _predict,
-            "config": _config, "methods": _methods, "bench": _bench, "quickstart": _quickstart}
+            "config": _config, "methods": _methods, "bench": _bench, "synth-grid": _synth_grid, "quickstart": _quickstart}

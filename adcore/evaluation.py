@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,15 @@ def evaluate_model(
     batch_size: int | None = None,
     progress: bool = True,
     write_artifacts: bool = True,
+    exclude: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Score every test image of ``data_root/category`` (except PRN's seen anomalies) and write the results."""
     from adcore import metrics, viz
 
     model = load_model(model_dir, device=device)
     cat = load_category(data_root, category)
-    seen = set(model.fit_info.get("seen_anomalies") or [])
+    # PRN's seen anomalies trained the model; ``exclude`` removes another model's, to compare on the same split.
+    seen = set(model.fit_info.get("seen_anomalies") or []) | {str(p) for p in exclude}
     test = [s for s in cat.test if str(s.path) not in seen]
     if not test:
         raise DataError(f"{cat.root / cat.name}/test: no test images to evaluate")

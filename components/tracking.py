@@ -219,7 +219,7 @@ def log_evaluation(metrics: dict[str, Any], output_dir: str | Path, *, category:
                    run_id: str = "", experiment: str = "", uri: str = "") -> str:
     """Log test metrics, timings and the evaluation folder (plots, per-image scores) to the model's run."""
     with open_run(category, method, run_id=run_id, model_sha256=model_fingerprint(model_dir), experiment=experiment,
-                  uri=uri, saved=model_dir) as run:
+                  uri=uri, saved=f"{model_dir} (evaluation results in {output_dir})") as run:
         run.log_metrics({k: v for k, v in metrics.items() if k != "n_anomalous" and not k.startswith("batch")})
         run.set_tags({"test_split_sha256": metrics.get("test_split_sha256", ""), "evaluation_device":
                       metrics.get("device", "")})

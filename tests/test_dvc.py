@@ -47,8 +47,10 @@ def _ran(output: str) -> set[str]:
 @pytest.mark.slow
 def test_dvc_repro_metrics_and_per_method_reruns(tmp_path):
     repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / ".dvc").mkdir(parents=True)
+    # What a fresh clone has: the DVC project files as committed (no `dvc init`), dvc.yaml and params.yaml.
+    for name in (".dvc/config", ".dvc/.gitignore", ".dvcignore", "dvc.yaml"):
+        shutil.copy(ROOT / name, repo / name)
     (repo / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     env = {**os.environ, "PATH": f"{DVC.parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1",
@@ -56,7 +58,6 @@ def test_dvc_repro_metrics_and_per_method_reruns(tmp_path):
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the default: sqlite:///mlflow.db in the repository
     _run(["git", "init", "-q"], repo, env)
-    _run([str(DVC), "init", "-q"], repo, env)
 
     start = time.perf_counter()
     first = _run([str(DVC), "repro"], repo, env)

@@ -10,7 +10,6 @@ import threading
 from email.parser import BytesParser
 from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -329,3 +328,49 @@ def test_schedule_rejects_a_five_field_cron(fake_kfp, capsys):
     assert main(["--host", fake_kfp.host, "--cron", "0 2 * * *"]) == 2
     assert "6 fields" in capsys.readouterr().err
     assert not fake_kfp.requests
+
+
+# --------------------------------------------------------------------------------------------- adapters
+
+
+def test_summary_table_from_nested_collected_outputs():
+    from pipelines.steps import summary_markdown
+
+    rows = [[json.dumps({"category": "b", "method": "cfa", "image_auroc": 0.5, "decision": "rejected"}),
+             json.dumps({"category": "a", "method": "patchcore", "image_auroc": 0.91234, "decision": "promoted",
+                         "version": 3})]]
+    markdown, flat = summary_markdown(rows, title="t")
+    lines = markdown.splitlines()
+    assert lines[2].startswith("| category | method | image_auroc |") and "decision" in lines[2]
+    assert lines[4] == "| a | patchcore | 0.9123 | promoted | 3 |"
+    assert lines[5] == "| b | cfa | 0.5000 | rejected | - |"
+    assert [r["method"] for r in flat] == ["patchcore", "cfa"]
+
+
+def test_source_fingerprint_follows_the_content(tmp_path):
+    import os
+
+    from pipelines.steps import source_fingerprint
+
+    (tmp_path / "tile" / "train" / "good").mkdir(parents=True)
+    image = tmp_path / "tile" / "train" / "good" / "000.png"
+    image.write_bytes(b"one")
+    first = source_fingerprint(str(tmp_path))
+    assert source_fingerprint(str(tmp_path)) == first
+    image.write_bytes(b"two!")
+    os.utime(image, (1, 1))
+    assert source_fingerprint(str(tmp_path)) != first
+
+
+def test_training_cache_copy_leaves_the_input_untouched(tmp_path):
+    from pipelines.steps import link_tree
+
+    src = tmp_path / "cache"
+    (src / "entry").mkdir(parents=True)
+    (src / "entry" / "stage0.npy").write_bytes(b"features")
+    dst = tmp_path / "copy"
+    link_tree(src, dst)
+    (dst / "new-entry").mkdir()
+    (dst / "new-entry" / "stage0.npy").write_bytes(b"more")
+    assert (dst / "entry" / "stage0.npy").read_bytes() == b"features"
+    assert sorted(p.name for p in src.iterdir()) == ["entry"]

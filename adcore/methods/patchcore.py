@@ -144,15 +144,17 @@ def _lazy_k_center(x: np.ndarray, n_select: int, start: int, leaf: int, seed: in
 
 
 def nearest_neighbours(queries: torch.Tensor, memory: torch.Tensor, k: int = 1, chunk: int = 4096,
-                       memory_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       memory_sq: torch.Tensor | None = None,
+                       max_block: int = 1 << 23) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distances and indices of the k nearest memory rows for each query row (exact, blocked).
 
     |q - m|^2 = |q|^2 - 2 q.m + |m|^2: one fused addmm gives |m|^2 - 2 q.m per block (the search only needs
     that, since |q|^2 is the same for every memory row), then min (k = 1) or topk, and |q|^2 is added to the k
-    winners only. Blocks are capped at 32 MiB whatever ``chunk`` says. ``memory_sq``: precomputed |m|^2.
+    winners only. Blocks hold at most ``max_block`` floats (32 MiB) whatever ``chunk`` says.
+    ``memory_sq``: |m|^2 when the caller already has it.
     """
     mem_sq = (memory * memory).sum(1) if memory_sq is None else memory_sq
-    rows = max(1, min(int(chunk), _MAX_BLOCK // max(1, memory.shape[0])))
+    rows = max(1, min(int(chunk), max_block // max(1, memory.shape[0])))
     dists, idxs = [], []
     for start in range(0, queries.shape[0], rows):
         q = queries[start:start + rows]
