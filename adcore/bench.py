@@ -85,6 +85,7 @@ def run_bench(
     rows: list[dict] = []
     total = len(methods) * len(categories)
     step = 0
+    plotted = False
     for category in categories:
         for method in methods:
             step += 1
@@ -108,12 +109,28 @@ def run_bench(
                       f"{_fmt(row.get(f'x_floor_b{b}'))}x floor) peak={row['peak_rss_mb']:.0f} MB", flush=True)
             else:
                 print(f"{tag}: FAILED: {row['error'].splitlines()[-1] if row['error'] else '?'}", flush=True)
+            final = step == total
+            report = _report(rows, data_root, categories, methods, output, profile, params, overrides, cache_dir,
+                             batch_sizes, n_timing_images, started, load_before, final)
+            # Written after every run, so an interrupted bench keeps what it measured.
+            atomic_write_json(output / "bench.json", report)
+            atomic_write_text(output / "bench.md", markdown_report(report) + "\n")
+            plotted = write_plot(output / "bench.png", rows, batch_sizes[-1])
+    print(markdown_table(rows, batch_sizes), flush=True)
+    print(f"bench: wrote {output / 'bench.json'}, {output / 'bench.md'}"
+          + (f", {output / 'bench.png'}" if plotted else " (no plot: no successful run)"), flush=True)
+    for warning in consistency_checks(rows)["warnings"]:
+        print(f"bench: warning: {warning}", flush=True)
+    return rows
 
+
+def _report(rows, data_root, categories, methods, output, profile, params, overrides, cache_dir, batch_sizes,
+            n_timing_images, started, load_before, final: bool) -> dict[str, Any]:
     command = bench_command(data_root, categories, methods, output, profile, params, overrides, cache_dir)
-    report = {
+    return {
         "command": command,
         "started": started,
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "finished" if final else "last_update": time.strftime("%Y-%m-%d %H:%M:%S"),
         "environment": _environment(),
         "load_average_before": load_before,
         "load_average_after": _loadavg(),
@@ -125,17 +142,9 @@ def run_bench(
                             "predict / backbone-only forward on the same tensors, interleaved; *_cpu_* = the same "
                             "with process CPU time (all threads of the run), robust to other load on the machine"},
         "consistency": consistency_checks(rows),
+        "complete": final,
         "rows": rows,
     }
-    atomic_write_json(output / "bench.json", report)
-    atomic_write_text(output / "bench.md", markdown_report(report) + "\n")
-    plotted = write_plot(output / "bench.png", rows, batch_sizes[-1])
-    print(markdown_table(rows, batch_sizes), flush=True)
-    print(f"bench: wrote {output / 'bench.json'}, {output / 'bench.md'}"
-          + (f", {output / 'bench.png'}" if plotted else " (no plot: no successful run)"), flush=True)
-    for warning in report["consistency"]["warnings"]:
-        print(f"bench: warning: {warning}", flush=True)
-    return rows
 
 
 def _run_child(spec: dict, tag: str, timeout: float | None) -> dict:
@@ -230,7 +239,8 @@ def markdown_table(rows: list[dict], batch_sizes: Sequence[int]) -> str:
     for b in batch_sizes:
         cols += [(f"ms_per_image_b{b}", f"ms/img b{b}"), (f"backbone_ms_per_image_b{b}", f"floor b{b}"),
                  (f"x_floor_b{b}", f"x floor b{b}"), (f"x_floor_cpu_b{b}", f"x floor CPU b{b}")]
-    cols += [("peak_rss_mb", "peak RSS MB"), ("model_mb", "model MB")]
+    cols += [("epoch_over_backbone_pass", "epoch / backbone pass"), ("peak_rss_mb", "peak RSS MB"),
+             ("model_mb", "model MB")]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if r.get("status") != "ok":
@@ -248,7 +258,9 @@ def markdown_report(report: dict) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Started {report['started']}, finished {report['finished']}. Machine: {env['cpu_count']} CPU cores, "
+        f"Started {report['started']}, "
+        + (f"finished {report['finished']}." if report.get("complete") else
+           f"INCOMPLETE (last update {report.get('last_update')}).") + f" Machine: {env['cpu_count']} CPU cores, "
         f"torch {env['torch']} ({env['torch_threads']} threads), {env['platform']}; GPU: {env['cuda']}.",
         f"Load average (1, 5, 15 min) before: {report['load_average_before']}, after: "
         f"{report['load_average_after']}" + (" - the machine was shared with other work, timings are noisy."

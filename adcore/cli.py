@@ -181,7 +181,8 @@ def _methods(args) -> int:
     from adcore.methods import get_method, method_names
 
     for name in method_names():
-        doc = next(iter((get_method(name).__doc__ or "").strip().splitlines()), "")  # a method may lack a docstring
+        cls = get_method(name)  # the first docstring line of the class, else of its module
+        doc = next(iter((cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()), "")
         print(f"{name:10s} {doc}")
     return 0
 
