@@ -195,15 +195,25 @@ def resolve(
     for name in method_sections:
         if name not in method_names():
             raise ConfigError(f"method.{name}: unknown method; known: {', '.join(method_names())}")
-    tree["method"] = deep_merge(tree["method"], method_sections.get(method_name) or {})
+    own_section = method_sections.get(method_name) or {}
+    if not isinstance(own_section, dict):
+        raise ConfigError(f"method.{method_name}: expected a mapping of settings, got {own_section!r}")
+    tree["method"] = deep_merge(tree["method"], own_section)
 
     if overrides:
         wrapped = apply_overrides({**tree, "method": {method_name: tree["method"]}}, overrides)
-        for name in wrapped.get("method", {}):
+        for key in ("profile", "method_name"):  # these choose the layers above: --profile / --method, not --set
+            if wrapped.get(key) != tree.get(key):
+                raise ConfigError(f"{key}: cannot be overridden with --set; use --{key.split('_')[0]}")
+        if not isinstance(wrapped.get("method"), dict):
+            raise ConfigError("method: expected method.<name>.<setting>=VALUE, e.g. method.cfa.epochs=5")
+        for name in wrapped["method"]:
             if name not in method_names():
                 raise ConfigError(f"method.{name}: unknown method; known: {', '.join(method_names())}")
         tree = {k: v for k, v in wrapped.items() if k != "method"}
         tree["method"] = wrapped["method"][method_name]
+        if not isinstance(tree["method"], dict):
+            raise ConfigError(f"method.{method_name}: expected a mapping of settings, got {tree['method']!r}")
 
     config = _validate(RunConfig, tree, prefix="")
     # Validate the method section now so a bad key fails before any work starts, and store it complete.

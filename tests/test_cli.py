@@ -212,6 +212,15 @@ def test_bad_model_and_images(tiny_category, tmp_path, capsys):
     assert main(["predict", "--model", str(model), "--output", str(tmp_path / "p"), str(bad)]) == 2
     assert f"{bad}: unreadable image" in _one_error_line(capsys, "predict")
 
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(model, incomplete)
+    meta = json.loads((incomplete / "model.json").read_text())
+    del meta["backbone"]  # valid JSON, right version, but not what adcore writes
+    (incomplete / "model.json").write_text(json.dumps(meta))
+    assert main(["predict", "--model", str(incomplete), "--output", str(tmp_path / "p"), image]) == 2
+    assert _one_error_line(capsys, "predict").endswith(
+        "incomplete/model.json: incomplete or inconsistent model (KeyError: 'backbone')")
+
     (model / "model.safetensors").write_bytes(b"\x80\x04\x95 pickle")
     assert main(["predict", "--model", str(model), "--output", str(tmp_path / "p"), image]) == 2
     assert "model.safetensors: not a readable safetensors file" in _one_error_line(capsys, "predict")

@@ -80,7 +80,11 @@ def test_list_override_where_a_number_is_expected():
     ("data.image_size=0", r"^data\.image_size: .*greater than 0 \(got 0\)"),
     ("data.val_fraction=1.5", r"^data\.val_fraction: .*less than 1"),
     ("method.patchcore.reweight=maybe", r"^method\.patchcore\.reweight: .*boolean"),
-    ("profile=gpu", r"^profile: .*'cpu' or 'paper'"),
+    ("profile=paper", r"^profile: cannot be overridden with --set; use --profile$"),
+    ("method_name=cfa", r"^method_name: cannot be overridden with --set; use --method$"),
+    ("method=3", r"^method: expected method\.<name>\.<setting>=VALUE"),
+    ("method.patchcore=3", r"^method\.patchcore: expected a mapping of settings, got 3$"),
+    ("backbone=null", r"^backbone: .*valid dictionary"),
     ("data.image_size.x=3", r"'image_size' is a value, not a section"),
     ("data.image_size", r"expected KEY=VALUE"),
     ("=3", r"empty key"),
@@ -102,6 +106,8 @@ def test_unknown_method_and_profile_and_bad_params(tmp_path):
         resolve("patchcore", "cpu", {"method": {"nomethod": {"epochs": 1}}})
     with pytest.raises(ConfigError, match=r"^method: expected a mapping"):
         resolve("patchcore", "cpu", {"method": [1, 2]})
+    with pytest.raises(ConfigError, match=r"^method\.patchcore: expected a mapping of settings, got 'fast'$"):
+        resolve("patchcore", "cpu", {"method": {"patchcore": "fast"}})
     with pytest.raises(ConfigError, match=r"^method\.patchcore\.bogus: unknown setting$"):
         resolve("patchcore", "cpu", {"method": {"patchcore": {"bogus": 1}}})
     with pytest.raises(ConfigError, match=r"^data\.image_size: .*greater than 0 \(got -4\)"):

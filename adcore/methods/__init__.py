@@ -51,10 +51,17 @@ def get_method(name: str) -> type[AnomalyModel]:
 
 def load_model(path, device: str | None = None) -> AnomalyModel:
     """Load a model directory written by ``AnomalyModel.save``. Never unpickles."""
-    from adcore.io import read_model_dir
+    from pydantic import ValidationError
+
+    from adcore.errors import ModelFormatError
+    from adcore.io import META_FILE, read_model_dir
 
     meta, tensors = read_model_dir(path)
-    return get_method(meta["method"]).from_saved(meta, tensors, device=device)
+    try:
+        return get_method(meta["method"]).from_saved(meta, tensors, device=device)
+    except (KeyError, TypeError, ValidationError) as exc:  # valid JSON but not what adcore wrote
+        raise ModelFormatError(f"{Path(path) / META_FILE}: incomplete or inconsistent model "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
 
 
 def create_model(config) -> AnomalyModel:
