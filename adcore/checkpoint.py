@@ -15,7 +15,8 @@ STATE_FILE = "checkpoint.safetensors"
 META_FILE = "checkpoint.json"
 
 
-def save_checkpoint(directory: Path, state: dict[str, Any], *, epoch: int, history: list[dict[str, float]]) -> None:
+def save_checkpoint(directory: Path, state: dict[str, Any], *, epoch: int, history: list[dict[str, float]],
+                    fingerprint: str = "") -> None:
     """Write module and optimizer states after ``epoch``. The JSON is written last: it marks the checkpoint valid."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -28,14 +29,17 @@ def save_checkpoint(directory: Path, state: dict[str, Any], *, epoch: int, histo
     tensor_file = f"epoch{epoch:05d}-{STATE_FILE}"
     save_tensors(directory / tensor_file, tensors)
     atomic_write_json(directory / META_FILE, {"epoch": epoch, "history": history, "structure": structure,
-                                              "tensor_file": tensor_file})
+                                              "tensor_file": tensor_file, "fingerprint": fingerprint})
     for old in directory.glob(f"epoch*-{STATE_FILE}"):
         if old.name != tensor_file:
             old.unlink(missing_ok=True)
 
 
-def load_checkpoint(directory: Path, state: dict[str, Any]) -> dict[str, Any] | None:
-    """Restore ``state`` in place from the last checkpoint; None when there is none."""
+def load_checkpoint(directory: Path, state: dict[str, Any], *, fingerprint: str = "") -> dict[str, Any] | None:
+    """Restore ``state`` in place from the last checkpoint; None when there is none.
+
+    ``fingerprint`` identifies the run (settings and data): a checkpoint of another run is an error, not a start.
+    """
     meta_path = Path(directory) / META_FILE
     if not meta_path.is_file():
         return None
@@ -43,6 +47,11 @@ def load_checkpoint(directory: Path, state: dict[str, Any]) -> dict[str, Any] | 
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelFormatError(f"{meta_path}: corrupt checkpoint metadata ({exc})") from None
+    saved = meta.get("fingerprint", "")
+    if fingerprint and saved and saved != fingerprint:
+        raise ModelFormatError(f"{meta_path}: checkpoint of a run with other settings or data (fingerprint {saved}, "
+                               f"this run {fingerprint}); use another checkpoint folder or delete this one to start "
+                               "afresh")
     tensors = load_tensors(Path(directory) / meta["tensor_file"])
     for name, obj in state.items():
         if name not in meta["structure"]:

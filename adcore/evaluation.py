@@ -22,9 +22,9 @@ from adcore.data.mvtec import load_category
 from adcore.errors import DataError
 from adcore.io import atomic_write_json, atomic_write_text
 from adcore.methods import load_model
+from adcore.metrics import METRIC_KEYS  # noqa: F401  (re-exported)
 from adcore.progress import progress as progress_iter
 
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap", "image_f1_max", "pixel_f1_max")
 
 
 def evaluate_model(
@@ -45,8 +45,10 @@ def evaluate_model(
     model = load_model(model_dir, device=device)
     cat = load_category(data_root, category)
     # PRN's seen anomalies trained the model; ``exclude`` removes another model's, to compare on the same split.
-    seen = set(model.fit_info.get("seen_anomalies") or []) | {str(p) for p in exclude}
-    test = [s for s in cat.test if str(s.path) not in seen]
+    # Matched by <category>/test/<defect>/<file>, not by the full path: the data root at evaluation (another pod's
+    # artifact path, a relative path, a re-evaluation on new data) need not be the one used in training.
+    seen = sorted(set(model.fit_info.get("seen_anomalies") or []) | {str(p) for p in exclude})
+    test = exclude_seen(cat.test, seen)
     if not test:
         raise DataError(f"{cat.root / cat.name}/test: no test images to evaluate")
     transform = model.make_transform()
@@ -86,7 +88,7 @@ def evaluate_model(
         "method": model.name,
         "category": category,
         "device": str(model.device),
-        "excluded_seen_anomalies": sorted(seen),
+        "excluded_seen_anomalies": seen,
         "model_dir": str(model_dir),
     })
     output_json = Path(output_json)
@@ -98,6 +100,17 @@ def evaluate_model(
                                             viz, metrics)
     atomic_write_json(output_json, results)
     return results
+
+
+def _test_key(path: str | Path) -> tuple[str, ...]:
+    """``<category>/test/<defect>/<file>``: identifies a test image independently of the dataset root."""
+    return Path(path).parts[-4:]
+
+
+def exclude_seen(test: list, seen: Iterable[str | Path]) -> list:
+    """The test samples that are not among ``seen`` (paths of seen anomalies, under any dataset root)."""
+    keys = {_test_key(p) for p in seen}
+    return [s for s in test if _test_key(s.path) not in keys]
 
 
 def _write_scores_csv(path: Path, test: list, labels: np.ndarray, scores: np.ndarray) -> None:

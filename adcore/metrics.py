@@ -25,6 +25,7 @@ from scipy import ndimage
 from adcore.errors import DataError
 
 __all__ = [
+    "METRIC_KEYS",
     "aupro",
     "compute_all",
     "f1_max",
@@ -35,6 +36,9 @@ __all__ = [
     "pro_curve",
     "roc_curve",
 ]
+
+#: The headline metrics of an evaluation (keys of compute_all's result); higher is better for every one.
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap", "image_f1_max", "pixel_f1_max")
 
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 only has trapz
 

@@ -13,6 +13,8 @@ import torch
 from adcore.data.mvtec import read_image
 from adcore.io import atomic_write_text
 from adcore.methods import load_model
+from adcore.methods.base import Prediction
+from adcore.postprocess import ScoreNormalizer
 
 
 def predict_files(model_dir: str | Path, images: Sequence[str | Path], output: str | Path, *,
@@ -21,6 +23,7 @@ def predict_files(model_dir: str | Path, images: Sequence[str | Path], output: s
     from adcore import viz
 
     model = load_model(model_dir, device=device)
+    normalizer = ScoreNormalizer.from_dict(model.normalizer) if model.normalizer else None
     transform = model.make_transform()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -31,7 +34,9 @@ def predict_files(model_dir: str | Path, images: Sequence[str | Path], output: s
         chunk = paths[start:start + batch_size]
         tensors = torch.stack([transform(read_image(p)) for p in chunk])  # read_image names a bad file
         pred = model.predict(tensors)
-        norm = model.predict(tensors, normalize=True) if model.normalizer else None
+        # Normalise the same prediction rather than running the model a second time with normalize=True.
+        norm = Prediction(normalizer.normalize_maps(pred.maps), normalizer.normalize_scores(pred.scores)) \
+            if normalizer is not None else None
         for i, path in enumerate(chunk):
             heatmap = output / heatmaps[start + i]
             anomaly_map = (norm.maps[i] if norm is not None else _minmax(pred.maps[i])).numpy()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from adcore.errors import DataError
+from adcore.io import atomic_write_bytes
 
 __all__ = [
     "heatmap_overlay",
@@ -34,35 +34,16 @@ __all__ = [
 _CMAP = matplotlib.colormaps["jet"]
 _GREEN = np.array([0, 255, 0], dtype=np.uint8)
 _MAX_CURVE_POINTS = 4000  # pixel-level curves have millions of points; a plot needs a few thousand
-_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it) ...
-os.umask(_UMASK)  # ... and restored at once; mkstemp makes 0600 files, written files get 0666 & ~umask
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+# atomic writes (adcore.io)
 
 
 def _save_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _new_figure(size_px: tuple[int, int] = (640, 480), dpi: int = 100) -> Figure:
@@ -74,7 +55,7 @@ def _new_figure(size_px: tuple[int, int] = (640, 480), dpi: int = 100) -> Figure
 def _save_figure(path: str | os.PathLike, fig: Figure) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi)  # no bbox_inches: the PNG has exactly the figure's pixel size
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -41,6 +41,11 @@ from adcore.methods import load_model  # noqa: E402
 from adcore.postprocess import anomaly_maps_to_input, gaussian_blur, upsample  # noqa: E402
 
 
+#: the clock of the stage times: wall (perf_counter) or this process's CPU time (--clock cpu), which other load on
+#: a shared machine barely changes; with one torch thread CPU time equals compute time
+CLOCK = time.perf_counter
+
+
 class BackboneTimer:
     """Accumulates wall time spent inside ``module.forward`` (forward pre/post hooks)."""
 
@@ -50,10 +55,10 @@ class BackboneTimer:
         self._handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
 
     def _pre(self, *_):
-        self._t0 = time.perf_counter()
+        self._t0 = CLOCK()
 
     def _post(self, *_):
-        self.total += time.perf_counter() - self._t0
+        self.total += CLOCK() - self._t0
 
     def remove(self) -> None:
         for h in self._handles:
@@ -72,28 +77,28 @@ def stage_times(model, images: torch.Tensor, batch_size: int, repeats: int = 1) 
     timer = BackboneTimer(model.backbone)
     try:
         for x in batches:
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             model.predict(x)
-            rec["predict"].append(time.perf_counter() - t0)
+            rec["predict"].append(CLOCK() - t0)
             timer.total = 0.0
             with torch.inference_mode():
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 raw = model.predict_raw(x)
-                rec["predict_raw"].append(time.perf_counter() - t0)
+                rec["predict_raw"].append(CLOCK() - t0)
                 rec["backbone"].append(timer.total)
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 model.backbone(x)
-                rec["backbone_alone"].append(time.perf_counter() - t0)
+                rec["backbone_alone"].append(CLOCK() - t0)
                 maps = raw.maps.float()
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 up = upsample(maps, size)
-                rec["upsample"].append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
+                rec["upsample"].append(CLOCK() - t0)
+                t0 = CLOCK()
                 gaussian_blur(up, sigma)
-                rec["blur"].append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
+                rec["blur"].append(CLOCK() - t0)
+                t0 = CLOCK()
                 anomaly_maps_to_input(maps, size, sigma)
-                rec["postprocess"].append(time.perf_counter() - t0)
+                rec["postprocess"].append(CLOCK() - t0)
     finally:
         timer.remove()
     med = {k: 1000 * statistics.median(v) / batch_size for k, v in rec.items()}
@@ -140,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profiler", choices=["torch", "cprofile", "none"], default="torch")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="also write the stage times here")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="stage times in wall time or process CPU time (use cpu with --threads 1 on a busy machine)")
     args = p.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(images)} images, batch {args.batch_size}", flush=True)
 
     times = stage_times(model, images, args.batch_size, args.repeats)
-    print("\nper-image ms (median over batches):")
+    print(f"\nper-image ms, {args.clock} clock (median over batches):")
     for key in ("predict", "backbone", "head", "postprocess", "upsample", "blur", "other", "backbone_alone"):
         print(f"  {key:15s} {times[key]:9.2f}")
     print(f"  predict / backbone-alone = {times['x_floor']:.2f}x")
@@ -171,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"method": model.name, "category": args.category,
                                          "batch_size": args.batch_size, "n_images": len(images),
+                                         "clock": args.clock, "threads": torch.get_num_threads(),
                                          "load_average": os.getloadavg(), "ms_per_image": times}, indent=2))
     if args.profiler != "none":
         print(f"\ntop {args.top} ({args.profiler}):")

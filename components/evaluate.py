@@ -17,6 +17,7 @@ def evaluate(model_dir: str, data_root: str, category: str, output_dir: str, *, 
     """Write ``output_dir/metrics.json`` (+ scores.csv, roc.png, pro.png, overlays/) and log them to the run."""
     from adcore.evaluation import evaluate_model
     from adcore.io import atomic_write_json, read_model_meta
+    from adcore.metrics import METRIC_KEYS
 
     from components.fetch import split_fingerprint
     from components.tracking import model_fingerprint
@@ -36,6 +37,5 @@ def evaluate(model_dir: str, data_root: str, category: str, output_dir: str, *, 
         method = read_model_meta(model_dir)["method"]
         run = log_evaluation(metrics, output_dir, category=category, method=method, model_dir=model_dir,
                              run_id=run_id, experiment=experiment, uri=tracking_uri)
-    keep = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap", "image_f1_max", "pixel_f1_max",
-            "n_images", "ms_per_image")
+    keep = (*METRIC_KEYS, "n_images", "ms_per_image")
     return {"metrics_json": str(metrics_path), "run_id": run, **{k: metrics.get(k) for k in keep}}

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from adcore.errors import ConfigError, DataError
+from adcore.metrics import METRIC_KEYS
 
 from components import tracking as _tracking
 from components.tracking import MODEL_SHA_TAG, TrackingError, model_fingerprint, open_run
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap", "image_f1_max", "pixel_f1_max")
 CHAMPION, CHALLENGER = "champion", "challenger"
 REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "safetensors", "pillow", "pydantic", "pyyaml",
                 "scikit-learn", "scipy", "mlflow")

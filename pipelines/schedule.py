@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -134,14 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-image", default="", help="GPU image: compile for it instead of using --package")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="pipeline parameter, JSON values: --param 'categories=[\"bottle\",\"carpet\"]'")
-    parser.add_argument("--token", default="", help="bearer token for the KFP API (default: none)")
+    parser.add_argument("--token", default="", help="bearer token for the KFP API (default: $KFP_BEARER_TOKEN, "
+                                                    "else none); prefer the variable: an argument shows in ps and "
+                                                    "the shell history")
     args = parser.parse_args(argv)
     try:
         result = schedule(args.host, args.cron, package=args.package, experiment=args.experiment,
                           job_name=args.job_name, pipeline_name=args.pipeline_name,
                           service_account=args.service_account, namespace=args.namespace,
                           params=_parse_params(args.param), cpu_image=args.image, train_image=args.train_image,
-                          existing_token=args.token)
+                          existing_token=args.token or os.environ.get("KFP_BEARER_TOKEN", ""))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

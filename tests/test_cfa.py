@@ -198,6 +198,11 @@ def test_resume_equals_uninterrupted_training(demo_root, tmp_path):
     a, _, _ = _predict(straight, cat.test[:3])
     b, _, _ = _predict(resumed, cat.test[:3])
     assert torch.allclose(a, b, atol=1e-5)
+    # A checkpoint of a run with other settings is refused, never silently continued.
+    from adcore.errors import ModelFormatError
+
+    with pytest.raises(ModelFormatError, match="checkpoint of a run with other settings"):
+        _fit(demo_root, "method.cfa.epochs=2", "method.cfa.lr=0.01", checkpoint_dir=tmp_path, resume=True)
     assert straight.fit_info["history"][1]["loss"] == pytest.approx(resumed.fit_info["history"][1]["loss"])
 
 

@@ -151,3 +151,15 @@ def test_optimizer_state_round_trip():
     nested = {"a": [1, {"b": torch.arange(3)}], 7: "seven", "none": None}
     t, s = flatten_state("x", nested)
     assert unflatten_state(json.loads(json.dumps(s)), t) == {"a": [1, {"b": t["x.a.1.b"]}], 7: "seven", "none": None}
+
+
+def test_atomic_writes_get_umask_permissions(tmp_path):
+    # mkdtemp / mkstemp make 0700 / 0600 entries; a model directory (read by a server under another user, say)
+    # must get the permissions of any mkdir'd folder and open()'d file. adcore.io read the umask at import.
+    import adcore.io as io_module
+
+    mode = 0o777 & ~io_module._UMASK
+    write_model_dir(tmp_path / "m", {"method": "x"}, {"t": torch.zeros(2)})
+    assert (tmp_path / "m").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "m" / "model.json").stat().st_mode & 0o777 == mode & 0o666
+    assert (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777 == mode & 0o666

@@ -56,6 +56,13 @@ def test_config_keys_and_profiles():
     assert create_model(resolve("prn", "cpu", overrides=["backbone.weights=random"])).image_score == "topk_mean:100"
 
 
+def test_decoder_channels_must_cover_the_output_stride():
+    from adcore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method.prn.*decoder_channels: output_stride=1 needs 5 values"):
+        resolve("prn", "cpu", overrides=["method.prn.output_stride=1"])
+
+
 def test_kmeans_finds_separated_clusters():
     rng = np.random.default_rng(0)
     centres = np.array([[0.0] * 6, [10.0] * 6, [-10.0] * 6])
@@ -115,8 +122,9 @@ def test_seen_anomalies_train_and_are_excluded_from_evaluation(demo_root):
     assert model.fit_info["seen_anomalies"] == [str(s.path) for s in seen]
     assert model.fit_info["seen_with_mask"] == 3 and "ea" in model.fit_info["anomaly_kinds"]
     # the evaluation side: what the lead's evaluation keeps is exactly `remaining`
-    excluded = set(model.fit_info["seen_anomalies"])
-    assert [s for s in cat.test if str(s.path) not in excluded] == remaining
+    from adcore.evaluation import exclude_seen
+
+    assert exclude_seen(cat.test, model.fit_info["seen_anomalies"]) == remaining
 
 
 def test_zero_seen_anomalies_trains_on_simulated_only(demo_root):
@@ -126,6 +134,17 @@ def test_zero_seen_anomalies_trains_on_simulated_only(demo_root):
     assert model.fit_info["seen_anomalies"] == [] and model.fit_info["anomaly_kinds"] == ["hea", "hoa"]
     assert model.fit_info["n_prototypes"] == [2, 2, 2]  # 10 % of 16 normals
     assert np.isfinite(model.fit_info["history"][-1]["loss"])
+
+
+@pytest.mark.parametrize("extra", [[], ["method.prn.output_stride=1", "method.prn.decoder_channels=[16,8,8,8,8]"]])
+def test_input_size_not_a_multiple_of_the_strides_trains(demo_root, extra):
+    # 70 px: the backbone rounds its maps up (18 x 18 at stride 4), so the target is pooled to the logits' size.
+    cat = load_category(demo_root, "widget")
+    model = _model(["data.image_size=70", "method.prn.epochs=1", "method.prn.steps_per_epoch=1", *extra])
+    _fit(model, cat, n_seen=1)
+    assert np.isfinite(model.fit_info["history"][-1]["loss"])
+    images = torch.stack([model.make_transform()(read_image(s.path)) for s in cat.test[:2]])
+    assert tuple(model.predict(images).maps.shape) == (2, 70, 70)
 
 
 def test_save_load_round_trip_and_resume(demo_root, tmp_path):

@@ -69,6 +69,27 @@ def test_train_then_evaluate(demo_root, tmp_path, caplog, monkeypatch):
     assert results["image_auroc"] > 0.9
     assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json"]  # no artifacts asked for
 
+    # Seen anomalies are excluded by <category>/test/<defect>/<file>, whatever root the model was trained from.
+    from adcore.data.mvtec import load_category
+
+    anomalous = next(s for s in load_category(demo_root, "widget").test if s.label == 1)
+    elsewhere = Path("/elsewhere/data") / anomalous.path.relative_to(demo_root)
+    fewer = evaluate_model(tmp_path / "model", demo_root, "widget", tmp_path / "eval2" / "metrics.json",
+                           progress=False, write_artifacts=False, exclude=[elsewhere])
+    assert fewer["n_images"] == results["n_images"] - 1 and fewer["n_anomalous"] == 8
+    assert fewer["excluded_seen_anomalies"] == [str(elsewhere)]
+
+    # A model trained with train.device=cuda loads (on the CPU) where there is no GPU, e.g. in the evaluation pod.
+    import shutil
+
+    import torch
+
+    shutil.copytree(tmp_path / "model", tmp_path / "gpu_model")
+    meta["config"]["train"]["device"] = "cuda"
+    (tmp_path / "gpu_model" / "model.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert load_model(tmp_path / "gpu_model").device.type == "cpu"
+
     # Normalised predictions of the loaded model: the validation images sit at or below the 0.5 threshold mostly.
     model = load_model(tmp_path / "model", device="cpu")
     from adcore.data.dataset import make_loader
@@ -78,6 +99,13 @@ def test_train_then_evaluate(demo_root, tmp_path, caplog, monkeypatch):
     batch = next(iter(make_loader(val, model.make_transform(), 8)))
     pred = model.predict(batch["image"], normalize=True)
     assert float(pred.scores.min()) >= 0 and float(pred.scores.max()) <= 0.55
+
+    # predict_files reports the same normalised scores as model.predict(normalize=True).
+    from adcore.predict import predict_files
+
+    records = list(predict_files(tmp_path / "model", [val[0].path, val[1].path], tmp_path / "pred", device="cpu"))
+    assert [r["normalized_score"] for r in records] == pytest.approx(pred.scores.tolist(), abs=1e-6)
+    assert [r["is_anomalous"] for r in records] == [bool(s > 0.5) for s in pred.scores]
 
 
 def test_single_training_image_trains_without_validation(tiny_category, tmp_path):

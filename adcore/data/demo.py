@@ -8,10 +8,6 @@ is exactly the set of pixels the defect changed. Same seed, same bytes.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import uuid
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from adcore.errors import ConfigError, DataError
+from adcore.io import atomic_directory
 
 DEMO_CATEGORIES = ("tile", "widget")  # one texture, one object-like category
 DEMO_DEFECTS: dict[str, tuple[str, ...]] = {
@@ -306,23 +303,11 @@ def generate_demo_dataset(output: str | Path, *, categories: Sequence[str] = DEM
                             f"file); refusing to overwrite it")
     output.parent.mkdir(parents=True, exist_ok=True)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
+    with atomic_directory(output) as tmp:  # a previous demo dataset is swapped out only once this one is complete
         for category in categories:
             _write_category(tmp / category, category, n_train, n_test_good, n_test_defect, image_size, seed)
         marker = {"generator": "adcore.data.demo", "format": _FORMAT_VERSION, "seed": seed,
                   "categories": list(categories), "n_train": n_train, "n_test_good": n_test_good,
                   "n_test_defect": n_test_defect, "image_size": image_size}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        if output.exists():
-            old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output

@@ -109,9 +109,11 @@ class AnomalyModel(ABC):
         self.device = resolve_device(config.train.device)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        self.backbone: FeatureExtractor = build_backbone(
-            config.backbone, self.feature_strides, load_weights=load_weights
-        ).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # random-init backbones (tests, students) depend on the seed only
+            torch.manual_seed(config.train.seed)
+            self.backbone: FeatureExtractor = build_backbone(
+                config.backbone, self.feature_strides, load_weights=load_weights
+            ).to(self.device)
         self.normalizer: dict[str, float] | None = None
         self.fit_info: dict[str, Any] = {}
 
@@ -185,8 +187,9 @@ class AnomalyModel(ABC):
 
         history: list[dict[str, float]] = []
         start = 0
+        fingerprint = self._run_fingerprint(data)
         if data.resume and data.checkpoint_dir is not None:
-            restored = load_checkpoint(data.checkpoint_dir, state)
+            restored = load_checkpoint(data.checkpoint_dir, state, fingerprint=fingerprint)
             if restored is not None:
                 start, history = restored["epoch"] + 1, restored["history"]
         done_now = 0
@@ -206,11 +209,23 @@ class AnomalyModel(ABC):
             if data.on_epoch is not None:
                 data.on_epoch(epoch, losses)
             if data.checkpoint_dir is not None:
-                save_checkpoint(data.checkpoint_dir, state, epoch=epoch, history=history)
+                save_checkpoint(data.checkpoint_dir, state, epoch=epoch, history=history, fingerprint=fingerprint)
             done_now += 1
         self.fit_info["history"] = history
         self.fit_info["epochs_completed"] = start + done_now
         return history
+
+    def _run_fingerprint(self, data: FitData) -> str:
+        """Settings and training images of this run (not where it runs): a resumed run must be the same run."""
+        import hashlib
+        import json
+
+        config = self.config.to_dict()
+        config["train"] = {k: v for k, v in config["train"].items() if k not in ("device", "threads")}
+        config["data"] = {k: v for k, v in config["data"].items() if k != "num_workers"}
+        spec = {"config": config, "train": [Path(s.path).name for s in data.train],
+                "seen": [Path(s.path).name for s in data.seen_anomalies]}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def calibrate(self, loader: Iterable[dict[str, Any]]) -> None:
         """Fit the score normaliser on validation images (normal only). Never sees the test split."""
@@ -255,6 +270,10 @@ class AnomalyModel(ABC):
     @classmethod
     def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: str | None = None):
         config = RunConfig.model_validate(meta["config"])
+        if device is None and config.train.device.startswith("cuda") and not torch.cuda.is_available():
+            # train.device is where training ran; a model trained with train.device=cuda must still load where
+            # there is no GPU (the CPU evaluation and registry pods, serving): infer on the CPU there.
+            device = "cpu"
         if device is not None:
             config.train.device = device
         model = cls(config, load_weights=False)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from adcore.io import atomic_write_bytes
 from adcore.synthesis.generator import KINDS, AnomalyGenerator
 
 LABELS = {"ea": "EA extended", "hea": "HEA texture", "hoa": "HOA homologous"}
@@ -57,9 +59,9 @@ def save_anomaly_grid(generator: AnomalyGenerator, output: str | Path, *, seed: 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     array = render_grid(generator, np.random.default_rng(seed), n_per_kind)
-    tmp = output.with_name(f".{output.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    tmp.replace(output)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    atomic_write_bytes(output, buf.getvalue())  # a unique temporary file, removed if the write fails
     return output
 
 

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from adcore.config import Section
 from adcore.features import FeatureCache
@@ -78,6 +78,15 @@ class PRNConfig(Section):
     focal_lambda: float = Field(5.0, ge=0)
     focal_alpha: float = Field(0.5, ge=0, le=1)
     focal_gamma: float = Field(4.0, ge=0)
+
+    @model_validator(mode="after")
+    def _decoder_fits_output_stride(self) -> "PRNConfig":
+        # 3 levels with skips (strides 16, 8, 4), then one more per halving of the stride down to output_stride.
+        needed = 3 + {4: 0, 2: 1, 1: 2}[self.output_stride]
+        if len(self.decoder_channels) < needed:
+            raise ValueError(f"decoder_channels: output_stride={self.output_stride} needs {needed} values, got "
+                             f"{self.decoder_channels}")
+        return self
 
 
 @register
@@ -193,9 +202,12 @@ class PRN(AnomalyModel):
                         extra = self.backbone((x - mean) / std)
                     batch = [torch.cat([a, b.float()]) for a, b in zip(batch, extra)]
                     target[len(idx):, 0] = torch.from_numpy(np.stack(masks)).to(self.device).float()
-                if c.output_stride > 1:
-                    target = F.max_pool2d(target, c.output_stride)  # a cell is anomalous if any pixel is
                 logits = net(batch)
+                if target.shape[-2:] != logits.shape[-2:]:
+                    # A cell is anomalous if any of its pixels is. Adaptive pooling equals max_pool2d(output_stride)
+                    # when the input size is a multiple of the backbone strides, and also fits the other sizes
+                    # (the backbone rounds its maps up, so the decoder output is not always input / output_stride).
+                    target = F.adaptive_max_pool2d(target, logits.shape[-2:])
                 loss, parts = prn_loss(logits, target, c.focal_lambda, c.focal_alpha, c.focal_gamma)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
