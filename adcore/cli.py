@@ -146,9 +146,9 @@ def _evaluate(args) -> int:
         exclude = (read_model_meta(args.exclude_seen_from).get("fit_info") or {}).get("seen_anomalies") or []
     results = evaluate_model(args.model, args.data_root, args.category, args.output, device=args.device,
                              batch_size=args.batch_size, exclude=exclude)
-    print(json.dumps({k: results.get(k) for k in (
-        "image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap", "image_f1_max", "pixel_f1_max",
-        "n_images", "ms_per_image")}))
+    from adcore.metrics import METRIC_KEYS
+
+    print(json.dumps({k: results.get(k) for k in (*METRIC_KEYS, "n_images", "ms_per_image")}))
     return 0
 
 

@@ -26,7 +26,7 @@ def evaluate(model_dir: str, data_root: str, category: str, output_dir: str, *, 
     metrics_path = Path(output_dir) / "metrics.json"
     metrics = evaluate_model(model_dir, data_root, category, metrics_path, device=device or None,
                              batch_size=batch_size or None, progress=progress)
-    metrics["test_split_sha256"] = split_fingerprint(data_root, category)
+    metrics["test_split_sha256"] = split_fingerprint(data_root, category, metrics.get("excluded_seen_anomalies") or ())
     metrics["model_sha256"] = model_fingerprint(model_dir)
     metrics["eval_seconds"] = time.perf_counter() - t0
     atomic_write_json(metrics_path, metrics)

@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -519,15 +519,17 @@ def validate_dataset(root: Path, categories: list[str] | None, origins: dict[str
     return counts
 
 
-def split_fingerprint(data_root: str | Path, category: str) -> str:
-    """Fingerprint of a category's test split (images and masks, by content): metrics are comparable only when equal."""
+def split_fingerprint(data_root: str | Path, category: str, exclude: Iterable[str] = ()) -> str:
+    """Fingerprint of the evaluated test split (images and masks, by content, less ``exclude``, e.g. PRN's seen
+    anomalies): metrics are comparable only when equal."""
     from adcore.data.mvtec import load_category
+    from adcore.evaluation import exclude_seen
     from adcore.features import file_sha256
 
     root = Path(data_root)
     cat = load_category(root, category, check_images=False)
     digest = hashlib.sha256()
-    for s in cat.test:
+    for s in exclude_seen(cat.test, exclude):
         digest.update(f"{Path(s.path).relative_to(root / category).as_posix()}\0{s.label}\0"
                       f"{file_sha256(s.path)}\0{file_sha256(s.mask_path) if s.mask_path else ''}\n".encode())
     return digest.hexdigest()
