@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -178,7 +177,6 @@ def test_demo_run_detects_anomalies(demo_root):
     from adcore.data.mvtec import load_category
     from adcore.metrics import image_auroc
 
-    t0 = time.perf_counter()
     category = load_category(demo_root, "tile")
     config = resolve("frad", "cpu", overrides=["data.image_size=128", "method.frad.epochs=8",
                                                "method.frad.batch_size=8", "train.device=cpu"])
@@ -191,4 +189,3 @@ def test_demo_run_detects_anomalies(demo_root):
         labels.append(batch["label"])
     auroc = image_auroc(torch.cat(scores).numpy(), torch.cat(labels).numpy())
     assert auroc > 0.7, auroc
-    assert time.perf_counter() - t0 < 60
