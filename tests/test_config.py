@@ -17,9 +17,10 @@ def test_cpu_and_paper_profiles_differ_where_the_papers_say():
     # PatchCore's own paper profile crops 224 after resizing to 256; the cpu profile does not crop.
     assert (paper.data.image_size, paper.data.crop_size, paper.data.input_size) == (256, 224, 224)
     assert (cpu.data.image_size, cpu.data.crop_size, cpu.data.input_size) == (256, None, 256)
-    assert cpu.method["coreset_ratio"] == pytest.approx(0.1)
+    assert cpu.method["coreset_ratio"] == pytest.approx(0.01)  # cpu-sized; the paper profile keeps 0.1
+    assert paper.method["coreset_ratio"] == pytest.approx(0.1)
     # The method section is stored complete (defaults filled in), so a saved model records every setting.
-    assert set(cpu.method) == {"coreset_ratio", "projection_dim", "embedding_dim", "patch_size", "reweight_k",
+    assert set(cpu.method) == {"coreset_ratio", "coreset_min", "projection_dim", "embedding_dim", "patch_size", "reweight_k",
                                "reweight", "chunk_size"}
     assert resolve("patchcore").profile == "cpu"  # the default profile
 

@@ -135,7 +135,8 @@ def test_image_score_reweighting_eq7():
 
 
 def _fit(root, category, image_size=64):
-    overrides = [f"data.image_size={image_size}", "train.device=cpu", "method.patchcore.embedding_dim=256"]
+    overrides = [f"data.image_size={image_size}", "train.device=cpu", "method.patchcore.embedding_dim=256",
+                 "method.patchcore.coreset_ratio=0.1", "method.patchcore.coreset_min=0"]
     model = create_model(resolve("patchcore", "cpu", overrides=overrides))  # the offline Lite0 weights
     cat = load_category(root, category)
     model.fit(FitData(train=cat.train, val=[], transform=model.make_transform(), progress=False,
