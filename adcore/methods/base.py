@@ -292,6 +292,22 @@ class AnomalyModel(ABC):
         model.load_state(meta.get("build_info") or {}, own)
         return model
 
+    # ---- helpers for load_state --------------------------------------------------------------------------------
+    def check_build_info(self, info: dict[str, Any]) -> None:
+        """Refuse a saved architecture that differs from what this configuration builds."""
+        expected = self.build_info()
+        if info and info != expected:
+            raise ModelFormatError(f"{self.name}: saved build_info {info} does not match the configuration {expected}")
+
+    def load_module(self, module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor]) -> nn.Module:
+        """Load the ``<prefix>.*`` tensors into ``module``; move it to the device in eval mode."""
+        state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelFormatError(f"{self.name}: {prefix} tensors do not fit the architecture: {exc}") from None
+        return module.to(self.device).eval()
+
     # ---- conveniences ------------------------------------------------------------------------------------------
     def make_transform(self):
         """The image transform that matches this model's input size and backbone normalisation."""

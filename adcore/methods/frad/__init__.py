@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, field_validator
 
 from adcore.config import RunConfig, Section
-from adcore.errors import ConfigError, ModelFormatError
+from adcore.errors import ConfigError
 from adcore.methods import register
 from adcore.methods.base import AnomalyModel, FitData, RawPrediction
 from adcore.methods.frad.extractor import STAGE_STRIDES, fuse_levels
@@ -179,13 +179,5 @@ class FRAD(AnomalyModel):
                 "reduction": c.reduction, "stages": list(c.stages)}
 
     def load_state(self, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        expected = self.build_info()
-        if info and info != expected:
-            raise ModelFormatError(f"frad: saved build_info {info} does not match the configuration {expected}")
-        self.autoencoder = self._build_autoencoder()
-        state = {k[len("autoencoder."):]: v for k, v in tensors.items() if k.startswith("autoencoder.")}
-        try:
-            self.autoencoder.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelFormatError(f"frad: autoencoder tensors do not fit the architecture: {exc}") from None
-        self.autoencoder.to(self.device).eval()
+        self.check_build_info(info)
+        self.autoencoder = self.load_module(self._build_autoencoder(), "autoencoder", tensors)

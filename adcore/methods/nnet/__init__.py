@@ -22,7 +22,7 @@ from torch import nn
 
 from adcore.backbones import FeatureExtractor
 from adcore.config import RunConfig, Section
-from adcore.errors import ConfigError, ModelFormatError
+from adcore.errors import ConfigError
 from adcore.methods import register
 from adcore.methods.base import AnomalyModel, FitData, RawPrediction
 from adcore.methods.nnet.anomaly_map import combine, stage_maps
@@ -246,13 +246,5 @@ class NNet(AnomalyModel):
                 "branch": c.branch, "fpm": c.fpm, "nfs": c.nfs, "ffc": c.ffc}
 
     def load_state(self, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        expected = self.build_info()
-        if info and info != expected:
-            raise ModelFormatError(f"nnet: saved build_info {info} does not match the configuration {expected}")
-        self.network = self._build_network()
-        state = {k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")}
-        try:
-            self.network.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelFormatError(f"nnet: network tensors do not fit the architecture: {exc}") from None
-        self.network.to(self.device).eval()
+        self.check_build_info(info)
+        self.network = self.load_module(self._build_network(), "network", tensors)
