@@ -46,14 +46,14 @@ def summary_table(rows: list[dict]) -> str:
     head = ["category", "method", *COLUMNS, "train_seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [_fmt(row.get(k)) for k in head]
+        cells = [_fmt(row.get(k), metric=k not in ("ms_per_image", "train_seconds")) for k in head]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _fmt(value) -> str:
+def _fmt(value, metric: bool = True) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.3f}" if value <= 1.0 else f"{value:.1f}"
+        return f"{value:.3f}" if metric else f"{value:.1f}"
     return str(value)
