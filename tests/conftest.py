@@ -89,3 +89,15 @@ def tiny_category(tmp_path) -> Callable[..., Path]:
         return make_tiny_category(root or tmp_path, name, **kwargs)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint (moto's server) on 127.0.0.1, shared by the session; each test file uses its own bucket."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

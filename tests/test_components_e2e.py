@@ -30,26 +30,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(s3_server, tmp_path_factory):
+def mlflow_server(s3_endpoint, tmp_path_factory):
     """`mlflow server` with a sqlite backend and --artifacts-destination on the S3 endpoint; torn down at the end."""
     import boto3
 
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="test",
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test",
                  aws_secret_access_key="test").create_bucket(Bucket=ARTIFACT_BUCKET)
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server, "AWS_ENDPOINT_URL": s3_server,
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "AWS_ENDPOINT_URL": s3_endpoint,
            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(
@@ -84,10 +73,10 @@ def mlflow_server(s3_server, tmp_path_factory):
 
 
 @pytest.fixture
-def env(s3_server, mlflow_server, monkeypatch, tmp_path):
+def env(s3_endpoint, mlflow_server, monkeypatch, tmp_path):
     """Client environment: S3 credentials for the data, the tracking server for MLflow (maybe still booting)."""
     uri, wait = mlflow_server
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -97,7 +86,7 @@ def env(s3_server, mlflow_server, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "adcore-e2e")
     monkeypatch.setenv("ADCORE_DEVICE", "cpu")
-    return {"s3": s3_server, "mlflow": uri, "wait": wait}
+    return {"s3": s3_endpoint, "mlflow": uri, "wait": wait}
 
 
 def _upload(client, folder: Path, bucket: str, prefix: str) -> None:

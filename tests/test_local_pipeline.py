@@ -21,29 +21,24 @@ TINY = ["data.image_size=64", "data.crop_size=null", "method.cfa.epochs=1", "met
 
 
 @pytest.fixture
-def s3_demo(tmp_path, monkeypatch):
-    """A moto S3 server on 127.0.0.1 holding the demo category under s3://adcore-data/demo/."""
+def s3_demo(s3_endpoint, tmp_path, monkeypatch):
+    """The session's S3 endpoint holding the demo category under s3://adcore-kfp-data/demo/."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
     from adcore.data.demo import generate_demo_dataset
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    endpoint = s3_endpoint
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
         monkeypatch.setenv(key, value)
     root = generate_demo_dataset(tmp_path / "demo", categories=(CATEGORY,), n_train=12, n_test_good=4,
                                  n_test_defect=2, image_size=64, seed=0)
     s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket="adcore-data")
+    s3.create_bucket(Bucket="adcore-kfp-data")
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            s3.upload_file(str(path), "adcore-data", f"demo/{path.relative_to(root).as_posix()}")
-    yield "s3://adcore-data/demo"
-    server.stop()
+            s3.upload_file(str(path), "adcore-kfp-data", f"demo/{path.relative_to(root).as_posix()}")
+    return "s3://adcore-kfp-data/demo"
 
 
 @pytest.mark.slow
@@ -73,7 +68,7 @@ def test_kfp_local_pipeline_end_to_end(s3_demo, tmp_path, monkeypatch):
     # The fetch step read the images from S3 (the manifest names the source).
     manifests = list((tmp_path / "kfp").rglob("fetch-op/dataset/manifest.json"))
     assert manifests, "fetch wrote no manifest"
-    assert "s3://adcore-data/demo" in manifests[0].read_text()
+    assert "s3://adcore-kfp-data/demo" in manifests[0].read_text()
 
     # MLflow: one run per method with test metrics, registered champions, and the summary run with its table.
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
