@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 #: Version of the on-disk model format; bump when a saved model can no longer be read.
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2

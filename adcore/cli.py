@@ -121,15 +121,17 @@ def _demo_data(args) -> int:
 
 
 def _train(args) -> int:
-    from adcore.training import train_model
+    from adcore.methods import resolve_settings
+    from adcore.training import TrainOptions, train_model
 
     def on_epoch(epoch: int, losses: dict) -> None:
         shown = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
         print(f"epoch {epoch + 1}: {shown}", file=sys.stderr)
 
-    result = train_model(args.method, args.data_root, args.category, args.output, profile=args.profile,
-                         params=args.params, overrides=args.overrides, cache_dir=args.cache_dir,
-                         checkpoint_dir=args.checkpoint_dir, resume=args.resume, on_epoch=on_epoch)
+    settings = resolve_settings(args.method, args.profile, args.params, args.overrides)
+    options = TrainOptions(cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                           on_epoch=on_epoch)
+    result = train_model(settings, args.data_root, args.category, args.output, options)
     print(json.dumps({"model_dir": str(result.model_dir), "method": args.method, "category": args.category,
                       "train_seconds": round(result.seconds, 2), "peak_rss_mb": round(result.peak_rss_mb, 1),
                       "device": result.device}))
@@ -171,9 +173,9 @@ def _predict(args) -> int:
 
 
 def _config(args) -> int:
-    from adcore.config import resolve
+    from adcore.methods import resolve_settings
 
-    print(json.dumps(resolve(args.method, args.profile, args.params, args.overrides).to_dict(), indent=2))
+    print(json.dumps(resolve_settings(args.method, args.profile, args.params, args.overrides).to_dict(), indent=2))
     return 0
 
 

@@ -1,13 +1,7 @@
-"""Settings for a run: pydantic models, profiles, params.yaml and ``--set`` overrides.
+"""The settings sections of a run (pydantic models), the shared profiles, params.yaml and ``--set`` parsing.
 
-A run's configuration is resolved in layers, each overriding the one before:
-
-1. the defaults of the models below,
-2. the profile (``cpu`` or ``paper``): ``PROFILES[profile]`` for the shared sections, then the method's own
-   ``profiles[profile]`` (a method may change the backbone and image size, e.g. PRN uses ResNet-18),
-3. ``params.yaml`` (sections ``data``, ``backbone``, ``train``, ``postprocess``, ``evaluation`` and ``method.<name>``),
-4. command-line overrides ``--set method.cfa.epochs=5``.
-
+This module knows no method: a method's own section is its ``Config`` class, and resolving a run's settings for a
+method (profile layers, params.yaml, overrides) lives beside the registry in :mod:`adcore.methods.settings`.
 Every section forbids unknown keys, so a typo is an error that names the key.
 """
 
@@ -18,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 from adcore.errors import ConfigError
 
@@ -71,7 +65,7 @@ class EvaluationConfig(Section):
     max_overlays: int = Field(16, ge=0, description="heatmap overlays written per evaluation")
 
 
-# Shared sections per profile. Methods add their own profile values (see methods/base.py).
+# Shared sections per profile. A method's ``profiles`` hold only what differs from these (methods/settings.py).
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {
         "backbone": {"name": "tf_efficientnet_lite0", "weights": "offline"},
@@ -87,7 +81,11 @@ SHARED_SECTIONS = ("data", "backbone", "train", "postprocess", "evaluation")
 
 
 class RunConfig(Section):
-    """The fully resolved configuration of one method trained on one category."""
+    """The fully resolved settings of one method trained on one category.
+
+    ``method`` is the method's own section, stored typed (an instance of the method's ``Config``). Build a
+    RunConfig with :func:`adcore.methods.resolve_settings` or, from a saved dict, :func:`adcore.methods.settings_from_dict`.
+    """
 
     profile: Profile = "cpu"
     method_name: str
@@ -96,14 +94,7 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
-    method: dict[str, Any] = Field(default_factory=dict, description="the method's own settings (validated by it)")
-
-    def method_config(self) -> BaseModel:
-        """The method section validated by the method's own config class."""
-        from adcore.methods import get_method
-
-        cls = get_method(self.method_name).Config
-        return _validate(cls, self.method, prefix=f"method.{self.method_name}")
+    method: SerializeAsAny[Section] = Field(description="the method's own settings (its Config class)")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -165,63 +156,8 @@ def load_params(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
-def resolve(
-    method_name: str,
-    profile: Profile | None = None,
-    params: dict[str, Any] | str | Path | None = None,
-    overrides: list[str] | None = None,
-) -> RunConfig:
-    """Resolve the configuration of one run (see the module docstring for the layers)."""
-    from adcore.methods import get_method, method_names
-
-    if not isinstance(params, dict):
-        params = load_params(params)
-    method_cls = get_method(method_name)
-    profile = profile or params.get("profile") or "cpu"
-    if profile not in PROFILES:
-        raise ConfigError(f"profile: {profile!r} is not one of {sorted(PROFILES)}")
-
-    tree: dict[str, Any] = {"profile": profile, "method_name": method_name}
-    tree = deep_merge(tree, PROFILES[profile])
-    method_profile = copy.deepcopy(method_cls.profiles.get(profile, {}))
-    tree = deep_merge(tree, {k: v for k, v in method_profile.items() if k in SHARED_SECTIONS})
-    tree["method"] = method_profile.get("method", {})
-
-    user = {k: v for k, v in params.items() if k in SHARED_SECTIONS}
-    tree = deep_merge(tree, user)
-    method_sections = params.get("method") or {}
-    if not isinstance(method_sections, dict):
-        raise ConfigError("method: expected a mapping of method name -> settings")
-    for name in method_sections:
-        if name not in method_names():
-            raise ConfigError(f"method.{name}: unknown method; known: {', '.join(method_names())}")
-    own_section = method_sections.get(method_name) or {}
-    if not isinstance(own_section, dict):
-        raise ConfigError(f"method.{method_name}: expected a mapping of settings, got {own_section!r}")
-    tree["method"] = deep_merge(tree["method"], own_section)
-
-    if overrides:
-        wrapped = apply_overrides({**tree, "method": {method_name: tree["method"]}}, overrides)
-        for key in ("profile", "method_name"):  # these choose the layers above: --profile / --method, not --set
-            if wrapped.get(key) != tree.get(key):
-                raise ConfigError(f"{key}: cannot be overridden with --set; use --{key.split('_')[0]}")
-        if not isinstance(wrapped.get("method"), dict):
-            raise ConfigError("method: expected method.<name>.<setting>=VALUE, e.g. method.cfa.epochs=5")
-        for name in wrapped["method"]:
-            if name not in method_names():
-                raise ConfigError(f"method.{name}: unknown method; known: {', '.join(method_names())}")
-        tree = {k: v for k, v in wrapped.items() if k != "method"}
-        tree["method"] = wrapped["method"][method_name]
-        if not isinstance(tree["method"], dict):
-            raise ConfigError(f"method.{method_name}: expected a mapping of settings, got {tree['method']!r}")
-
-    config = _validate(RunConfig, tree, prefix="")
-    # Validate the method section now so a bad key fails before any work starts, and store it complete.
-    config.method = config.method_config().model_dump(mode="json")
-    return config
-
-
-def _validate(cls: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
+def validate_section(cls: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
+    """``cls.model_validate(data)``, with a validation error turned into one ConfigError naming each key."""
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

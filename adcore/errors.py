@@ -22,3 +22,7 @@ class WeightSourceError(AdcoreError, RuntimeError):
 
 class ModelFormatError(AdcoreError, ValueError):
     """A model directory is missing, corrupt or written by an incompatible version."""
+
+
+class NotFittedError(AdcoreError, RuntimeError):
+    """A model was asked to predict or save before it was fitted (or loaded)."""

@@ -8,6 +8,7 @@ Outputs, next to the metrics JSON ``<out>.json``:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import time
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ import torch
 from adcore.data.dataset import make_loader
 from adcore.data.mvtec import load_category
 from adcore.errors import DataError
-from adcore.io import atomic_write_json, atomic_write_text
+from adcore.io import atomic_write_json, atomic_write_text, file_sha256
 from adcore.methods import load_model
 from adcore.metrics import METRIC_KEYS  # noqa: F401  (re-exported)
 from adcore.progress import progress as progress_iter
@@ -52,8 +53,8 @@ def evaluate_model(
     if not test:
         raise DataError(f"{cat.root / cat.name}/test: no test images to evaluate")
     transform = model.make_transform()
-    bs = batch_size or model.config.data.batch_size
-    loader = make_loader(test, transform, bs, model.config.data.num_workers)
+    bs = batch_size or model.settings.data.batch_size
+    loader = make_loader(test, transform, bs, model.settings.data.num_workers)
 
     n = len(test)
     size = transform.output_size
@@ -77,7 +78,7 @@ def evaluate_model(
         if masks is not None:
             masks[idx] = batch["mask"].numpy() > 0.5
 
-    results = metrics.compute_all(scores, labels, maps, masks, fpr_limit=model.config.evaluation.aupro_fpr_limit)
+    results = metrics.compute_all(scores, labels, maps, masks, fpr_limit=model.settings.evaluation.aupro_fpr_limit)
     if masks is None:
         results["pixel_metrics_note"] = cat.masks_note
     results.update({
@@ -113,6 +114,18 @@ def exclude_seen(test: list, seen: Iterable[str | Path]) -> list:
     return [s for s in test if _test_key(s.path) not in keys]
 
 
+def split_fingerprint(data_root: str | Path, category: str, exclude: Iterable[str] = ()) -> str:
+    """Fingerprint of the evaluated test split (images and masks, by content, less ``exclude``, e.g. PRN's seen
+    anomalies): metrics are comparable only when equal. Independent of the data root, like ``exclude_seen``."""
+    root = Path(data_root)
+    cat = load_category(root, category, check_images=False)
+    digest = hashlib.sha256()
+    for s in exclude_seen(cat.test, exclude):
+        digest.update(f"{Path(s.path).relative_to(root / category).as_posix()}\0{s.label}\0"
+                      f"{file_sha256(s.path)}\0{file_sha256(s.mask_path) if s.mask_path else ''}\n".encode())
+    return digest.hexdigest()
+
+
 def _write_scores_csv(path: Path, test: list, labels: np.ndarray, scores: np.ndarray) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -131,13 +144,13 @@ def _write_plots(out_dir: Path, model, test, transform, maps, masks, scores, lab
         written.append("roc.png")
     if results.get("pixel_aupro") is not None:
         fpr, pro = metrics.pro_curve(maps, masks)
-        viz.plot_pro(out_dir / "pro.png", fpr, pro, results["pixel_aupro"], model.config.evaluation.aupro_fpr_limit,
+        viz.plot_pro(out_dir / "pro.png", fpr, pro, results["pixel_aupro"], model.settings.evaluation.aupro_fpr_limit,
                      title=f"PRO, {name}")
         written.append("pro.png")
     viz.plot_score_histogram(out_dir / "score_histogram.png", scores, labels)
     written.append("score_histogram.png")
     # Overlays: a few images of each defect type and of the good ones, one colour scale for all.
-    limit = model.config.evaluation.max_overlays
+    limit = model.settings.evaluation.max_overlays
     if limit:
         vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
         by_defect: dict[str, list[int]] = {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,28 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adcore.io import atomic_directory, atomic_write_json
+from adcore.io import atomic_directory, atomic_write_json, file_sha256
 from adcore.progress import progress
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Content hash, remembered per (path, size, mtime) so a run hashes each image once."""
-    stat = os.stat(path)
-    memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if memo_key in _HASHES:
-        return _HASHES[memo_key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    _HASHES[memo_key] = digest.hexdigest()
-    return _HASHES[memo_key]
 
 
 @dataclass

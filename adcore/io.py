@@ -1,18 +1,21 @@
-"""Model directories: ``model.json`` (metadata, config) + ``model.safetensors`` (tensors). Never pickles.
+"""File IO: atomic writes, content hashes, and model directories (``model.json`` + ``model.safetensors``).
 
 Every write is atomic: files are written to a temporary sibling and renamed into place, and a model directory is
-built beside its destination and swapped in whole, so a crash never leaves a half-written model behind.
+built beside its destination and swapped in whole, so a crash never leaves a half-written file or model behind.
+Model directories never pickle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -31,20 +34,66 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+_CHUNK = 1 << 20
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` for a writer that wants a file name (a downloader, a compiler); it
+    replaces ``path`` only if the block completes. ``suffix``: for writers that check the extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write_stream(path: str | Path, source: BinaryIO | Iterable[bytes]) -> str:
+    """Copy a binary file object (or an iterable of chunks) to ``path`` atomically without holding it in memory;
+    returns the sha256 of what was written, so the caller need not read it back."""
+    digest = hashlib.sha256()
+    chunks = iter(lambda: source.read(_CHUNK), b"") if hasattr(source, "read") else source
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        for block in chunks:
+            digest.update(block)
+            fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return digest.hexdigest()
+
+
+def file_digests(path: str | Path, *algorithms: str) -> dict[str, str]:
+    """Hex digests of a file in one read, e.g. ``("md5", "sha256")``: md5 checks S3 ETags, sha256 identifies."""
+    digests = {name: hashlib.new(name, usedforsecurity=False) for name in algorithms or ("sha256",)}
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            for digest in digests.values():
+                digest.update(block)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash, remembered per (path, size, mtime) so a run hashes each image once."""
+    stat = os.stat(path)
+    memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if memo_key not in _HASHES:
+        _HASHES[memo_key] = file_digests(path, "sha256")["sha256"]
+    return _HASHES[memo_key]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -89,15 +138,8 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """Atomic safetensors write; tensors are made contiguous and moved to the CPU."""
     path = Path(path)
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(clean, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=metadata)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import resource
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from adcore.config import RunConfig, resolve
+from adcore.config import RunConfig
 from adcore.data.dataset import make_loader
 from adcore.data.mvtec import Category, load_category, split_seen_anomalies, train_val_split
+from adcore.environment import environment_record
 from adcore.errors import DataError
-from adcore.features import FeatureCache, file_sha256
+from adcore.io import file_sha256
 from adcore.methods import create_model
-from adcore.methods.base import EpochCallback, FitData, seed_everything
+from adcore.methods.base import FitData, TrainOptions, seed_everything
+
+__all__ = ["TrainOptions", "TrainResult", "default_cache_dir", "train_model"]
 
 
 @dataclass
@@ -62,59 +64,36 @@ def data_fingerprint(category: Category, train: Sequence, val: Sequence) -> dict
             "images_sha256": digest.hexdigest()[:24]}
 
 
-def environment() -> dict[str, str]:
-    import numpy
-    import timm
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "numpy": numpy.__version__, "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
-
-
-def train_model(
-    method: str,
-    data_root: str | Path,
-    category: str,
-    output: str | Path,
-    *,
-    profile: str | None = None,
-    params: dict | str | Path | None = None,
-    overrides: Sequence[str] = (),
-    cache_dir: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    on_epoch: EpochCallback | None = None,
-    progress: bool = True,
-    stop_after_epochs: int | None = None,
-) -> TrainResult:
-    """Train ``method`` on ``data_root/category`` and write the model directory ``output`` (atomically)."""
-    config = resolve(method, profile, params, list(overrides))
-    seed_everything(config.train.seed)
+def train_model(settings: RunConfig, data_root: str | Path, category: str, output: str | Path,
+                options: TrainOptions | None = None) -> TrainResult:
+    """Train on ``data_root/category`` with resolved ``settings`` (:func:`adcore.methods.resolve_settings`) and
+    write the model directory ``output`` (atomically). ``options.cache_dir`` None means :func:`default_cache_dir`."""
+    options = options or TrainOptions()
+    if options.cache_dir is None:
+        options = replace(options, cache_dir=default_cache_dir())
+    method = settings.method_name
+    seed_everything(settings.train.seed)
     cat = load_category(data_root, category)
-    train, val = train_val_split(cat.train, config.data.val_fraction, config.train.seed, config.data.min_val_images)
+    train, val = train_val_split(cat.train, settings.data.val_fraction, settings.train.seed,
+                                 settings.data.min_val_images)
     if not train:
         raise DataError(f"{Path(data_root) / category}/train/good: no images left for training after the split")
 
-    method_cfg = config.method_config()
-    n_seen = int(getattr(method_cfg, "n_seen", 0) or 0)
+    n_seen = int(getattr(settings.method, "n_seen", 0) or 0)
     seen: list = []
     if n_seen > 0:
         if not cat.has_masks:
             raise DataError(f"{cat.root / cat.name}: {method} uses {n_seen} seen anomalies with masks, but the "
                             f"category has none ({cat.masks_note}); set method.{method}.n_seen=0")
-        seen, _ = split_seen_anomalies(cat.test, n_seen, config.train.seed)
+        seen, _ = split_seen_anomalies(cat.test, n_seen, settings.train.seed)
 
-    model = create_model(config)
+    model = create_model(settings)
     transform = model.make_transform()
-    cache = FeatureCache(cache_dir if cache_dir is not None else default_cache_dir())
-    data = FitData(train=train, val=val, transform=transform, cache=cache, seen_anomalies=seen,
-                   category_name=cat.name, on_epoch=on_epoch,
-                   checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None, resume=resume,
-                   progress=progress, stop_after_epochs=stop_after_epochs)
+    data = FitData(train=train, val=val, transform=transform, seen_anomalies=seen, category_name=cat.name)
     start = time.perf_counter()
-    model.fit(data)
+    model.fit(data, options)
     if val:
-        model.calibrate(make_loader(val, transform, config.data.batch_size, config.data.num_workers))
+        model.calibrate(make_loader(val, transform, settings.data.batch_size, settings.data.num_workers))
     seconds = time.perf_counter() - start
     model.fit_info["seen_anomalies"] = [str(s.path) for s in seen]
     model.fit_info["val_images"] = [str(s.path) for s in val]
@@ -122,7 +101,8 @@ def train_model(
     model.fit_info["peak_rss_mb"] = peak_rss_mb()
     if torch.cuda.is_available() and model.device.type == "cuda":
         model.fit_info["peak_cuda_mb"] = torch.cuda.max_memory_allocated(model.device) / 2**20
-    out = model.save(output, extra_meta={"data": data_fingerprint(cat, train, val), "environment": environment(),
+    out = model.save(output, extra_meta={"data": data_fingerprint(cat, train, val),
+                                         "environment": environment_record(str(model.device)),
                                          "device": str(model.device)})
-    return TrainResult(model_dir=out, config=config, seconds=seconds, history=model.fit_info.get("history", []),
+    return TrainResult(model_dir=out, config=settings, seconds=seconds, history=model.fit_info.get("history", []),
                        peak_rss_mb=model.fit_info["peak_rss_mb"], device=str(model.device))

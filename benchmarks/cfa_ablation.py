@@ -26,7 +26,6 @@ RUNS = {
     "patchcore_pcb": ("patchcore", "pcb", []),
     "patchcore_mt": ("patchcore", "magnetic_tile", []),
 }
-SHOW = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap", "image_f1_max", "pixel_f1_max")
 
 
 def main() -> None:
@@ -38,15 +37,17 @@ def main() -> None:
     args = parser.parse_args()
 
     from adcore.evaluation import evaluate_model
-    from adcore.training import train_model
+    from adcore.metrics import METRIC_KEYS
+    from adcore.methods import resolve_settings
+    from adcore.training import TrainOptions, train_model
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.runs:
         method, category, overrides = RUNS[name]
         t0 = time.perf_counter()
-        result = train_model(method, args.data_root, category, out / name, profile=args.profile,
-                             overrides=overrides, progress=False)
+        result = train_model(resolve_settings(method, args.profile, None, overrides), args.data_root, category,
+                             out / name, TrainOptions(progress=False))
         train_wall = time.perf_counter() - t0
         metrics = evaluate_model(out / name, args.data_root, category, out / name / "eval.json", progress=False,
                                  write_artifacts=False)
@@ -56,7 +57,7 @@ def main() -> None:
                "train_seconds": result.seconds, "train_wall_seconds": train_wall,
                "ms_per_image": metrics["ms_per_image"], "memory_size": fit.get("memory_size"),
                "n_train": fit.get("n_train") or fit.get("n_patches"),
-               **{k: metrics.get(k) for k in SHOW}}
+               **{k: metrics.get(k) for k in METRIC_KEYS}}
         with open(out / "results.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(" | ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)

@@ -67,7 +67,7 @@ class BackboneTimer:
 
 def stage_times(model, images: torch.Tensor, batch_size: int, repeats: int = 1) -> dict[str, float]:
     """Median per-image milliseconds of each stage over the full batches of ``images``."""
-    sigma = model.blur_sigma if model.blur_sigma is not None else model.config.postprocess.blur_sigma
+    sigma = model.blur_sigma if model.blur_sigma is not None else model.settings.postprocess.blur_sigma
     size = tuple(images.shape[-2:])
     n = (len(images) // batch_size) * batch_size
     batches = [images[i:i + batch_size].to(model.device) for i in range(0, n, batch_size)] * repeats
@@ -158,12 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     model_dir = args.model
     if args.method:
-        from adcore.training import train_model
+        from adcore.methods import resolve_settings
+        from adcore.training import TrainOptions, train_model
 
         tmp = tempfile.TemporaryDirectory(prefix="adcore-profile-")
         t0 = time.perf_counter()
-        train_model(args.method, args.data_root, args.category, Path(tmp.name) / "model", overrides=args.overrides,
-                    cache_dir=Path(tmp.name) / "cache", progress=False)
+        train_model(resolve_settings(args.method, None, None, args.overrides), args.data_root, args.category,
+                    Path(tmp.name) / "model", TrainOptions(cache_dir=Path(tmp.name) / "cache", progress=False))
         print(f"trained {args.method} on {args.category} in {time.perf_counter() - t0:.1f} s", flush=True)
         model_dir = Path(tmp.name) / "model"
     model = load_model(model_dir)

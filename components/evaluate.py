@@ -15,11 +15,10 @@ def evaluate(model_dir: str, data_root: str, category: str, output_dir: str, *, 
              batch_size: int = 0, track: bool = True, run_id: str = "", experiment: str = "",
              tracking_uri: str = "", progress: bool = False) -> dict[str, Any]:
     """Write ``output_dir/metrics.json`` (+ scores.csv, roc.png, pro.png, overlays/) and log them to the run."""
-    from adcore.evaluation import evaluate_model
+    from adcore.evaluation import evaluate_model, split_fingerprint
     from adcore.io import atomic_write_json, read_model_meta
     from adcore.metrics import METRIC_KEYS
 
-    from components.fetch import split_fingerprint
     from components.tracking import model_fingerprint
 
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 The cache entry is keyed exactly as in training (backbone, weights, transform, training images after the same
 validation split), so ``train --cache-dir`` then reads the features instead of running the backbone again.
-Methods that extract features through their own view transforms (CFA's crops) fill further entries themselves.
+Methods that read several views (CFA++'s resized frame and crop) get one entry per view.
 """
 
 from __future__ import annotations
@@ -14,18 +14,19 @@ def extract_features(data_root: str, category: str, cache_dir: str, *, method: s
                      profile: str = "", params: str = "", overrides: list[str] | None = None,
                      progress: bool = False) -> dict[str, Any]:
     """Extract (or find) the cached features of ``category``'s training images; returns the entry's key."""
-    from adcore.config import resolve
     from adcore.data.mvtec import load_category, train_val_split
-    from adcore.features import FeatureCache
-    from adcore.methods import create_model
+    from adcore.methods import create_model, resolve_settings
+    from adcore.methods.base import FitData, TrainOptions
 
-    config = resolve(method, profile or None, params or None, list(overrides or []))
+    settings = resolve_settings(method, profile or None, params or None, list(overrides or []))
     cat = load_category(data_root, category)
-    train, _ = train_val_split(cat.train, config.data.val_fraction, config.train.seed, config.data.min_val_images)
-    model = create_model(config)
-    transform = model.make_transform()
-    cache = FeatureCache(cache_dir)
-    feats = cache.features(model.backbone, train, transform, batch_size=config.data.batch_size,
-                           num_workers=config.data.num_workers, show_progress=progress)
-    return {"cache_dir": str(cache_dir), "key": feats.key, "n_images": len(feats),
-            "stages": [list(s.shape[1:]) for s in feats.stages], "backbone": config.backbone.name}
+    train, _ = train_val_split(cat.train, settings.data.val_fraction, settings.train.seed,
+                               settings.data.min_val_images)
+    model = create_model(settings)
+    data = FitData(train=train, val=[], transform=model.make_transform(), category_name=cat.name)
+    # The method's own reading of its training features: every view it will ask for (CFA++'s crop too).
+    found = model.training_features(data, TrainOptions(cache_dir=cache_dir, progress=progress))
+    entries = list(found.values()) if isinstance(found, dict) else [found]
+    return {"cache_dir": str(cache_dir), "key": entries[0].key, "keys": [e.key for e in entries],
+            "n_images": len(entries[0]), "stages": [list(s.shape[1:]) for s in entries[0].stages],
+            "backbone": settings.backbone.name}

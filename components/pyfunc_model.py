@@ -31,7 +31,7 @@ class AnomalyModelPyfunc(PythonModel):
         device = os.environ.get("ADCORE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_model(context.artifacts["model_dir"], device=device)
         self.transform = self.model.make_transform()
-        self.batch_size = self.model.config.data.batch_size
+        self.batch_size = self.model.settings.data.batch_size
 
     def predict(self, context, model_input, params=None):
         import torch

@@ -15,22 +15,19 @@ import hashlib
 import json
 import math
 import os
-import platform
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from adcore.environment import environment_record
 from adcore.errors import AdcoreError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "adcore"
 MODEL_SHA_TAG = "adcore.model_sha256"
-PACKAGES = ("adcore", "torch", "torchvision", "timm", "numpy", "scikit-learn", "pydantic", "safetensors", "pillow",
-            "mlflow", "boto3", "dvc")
 
 # A server that is down should fail in seconds, not after MLflow's default 7 retries with exponential backoff.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -70,8 +67,7 @@ def check_reachable(uri: str, saved: str | Path | None = None, timeout: float = 
 
 def model_fingerprint(model_dir: str | Path) -> str:
     """Content hash of a model directory (metadata + tensors): identifies the model across steps and re-runs."""
-    from adcore.features import file_sha256
-    from adcore.io import META_FILE, TENSOR_FILE
+    from adcore.io import META_FILE, TENSOR_FILE, file_sha256
 
     model_dir = Path(model_dir)
     return hashlib.sha256(f"{file_sha256(model_dir / META_FILE)}:{file_sha256(model_dir / TENSOR_FILE)}"
@@ -88,31 +84,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = value if isinstance(value, str) else json.dumps(value)
     return out
-
-
-def environment(device: str = "") -> dict[str, str]:
-    """Versions of the packages that shape a result, the interpreter, the OS and the device."""
-    env = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in PACKAGES:
-        try:
-            env[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            env[package] = "not installed"
-    try:
-        import adcore
-
-        env["adcore"] = adcore.__version__
-    except (ImportError, AttributeError):
-        pass
-    if device:
-        env["device"] = device
-    try:
-        import torch
-
-        env["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    except ImportError:
-        pass
-    return env
 
 
 class Run:
@@ -204,13 +175,14 @@ def log_training(result, *, category: str, method: str, data_root: str, run_id: 
                       "model_dir": str(model_dir)})
         params = flatten(result.config.to_dict())
         params.update({"category": category, "data_root": str(data_root)})
-        params.update({f"env.{k}": v for k, v in environment(result.device).items()})
+        environment = environment_record(result.device)
+        params.update({f"env.{k}": v for k, v in environment.items()})
         run.log_params(params)
         for epoch, losses in enumerate(result.history):
             run.log_metrics({f"train.{k}": v for k, v in losses.items()}, step=epoch)
         run.log_metrics({"train_seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb,
                          "epochs_completed": len(result.history)})
-        run.log_dict({"config": result.config.to_dict(), "environment": environment(result.device)},
+        run.log_dict({"config": result.config.to_dict(), "environment": environment},
                      "training/run.json")
         return run.run_id
 

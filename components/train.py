@@ -25,7 +25,8 @@ def train(method: str, data_root: str, category: str, output_dir: str, *, profil
     stop_after_epochs: > 0 stops after that many epochs in this call (to test resuming); the model is still saved.
     Returns model_dir, checkpoint_dir, run_id, seconds, device, epochs and the model's content hash.
     """
-    from adcore.training import train_model
+    from adcore.methods import resolve_settings
+    from adcore.training import TrainOptions, train_model
 
     from components.tracking import check_reachable, model_fingerprint, tracking_uri as _uri
 
@@ -34,15 +35,16 @@ def train(method: str, data_root: str, category: str, output_dir: str, *, profil
         extra.append(f"train.seed={seed}")
     if device:
         extra.append(f"train.device={device}")
+    settings = resolve_settings(method, profile or None, params or None, extra)
     ckpt = checkpoint_dir or f"{Path(output_dir)}.ckpt"
     if track:
         try:
             check_reachable(_uri(tracking_uri))
         except Exception as exc:  # training goes on; the step fails at the end, after the model is saved
             log.warning("%s (training anyway; the model will be saved locally first)", exc)
-    result = train_model(method, data_root, category, output_dir, profile=profile or None, params=params or None,
-                         overrides=extra, cache_dir=cache_dir or None, checkpoint_dir=ckpt, resume=resume,
-                         progress=progress, stop_after_epochs=stop_after_epochs or None)
+    options = TrainOptions(cache_dir=Path(cache_dir) if cache_dir else None, checkpoint_dir=Path(ckpt),
+                           resume=resume, progress=progress, stop_after_epochs=stop_after_epochs or None)
+    result = train_model(settings, data_root, category, output_dir, options)
     out = {"model_dir": str(result.model_dir), "checkpoint_dir": ckpt, "run_id": "",
            "seconds": round(result.seconds, 3), "device": result.device, "epochs": len(result.history),
            "model_sha256": model_fingerprint(result.model_dir)}

@@ -7,9 +7,7 @@ checked for staleness (tests/test_pipeline.py recompiles and compares).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 COMPILED = Path(__file__).resolve().parent / "compiled" / "training.yaml"
@@ -21,16 +19,11 @@ def compile_pipeline(output: str | Path = COMPILED, *, cpu_image: str = "", trai
 
     from pipelines.training import build_pipeline
 
+    from adcore.io import atomic_path
+
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.stem}-", suffix=".yaml", dir=output.parent)
-    os.close(fd)
-    try:
-        compiler.Compiler().compile(build_pipeline(cpu_image, train_image), tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(output, suffix=".yaml") as tmp:  # kfp picks the format from the extension
+        compiler.Compiler().compile(build_pipeline(cpu_image, train_image), str(tmp))
     return output
 
 

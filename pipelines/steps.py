@@ -35,14 +35,9 @@ SUMMARY_COLUMNS = ("category", "method", "image_auroc", "pixel_auroc", "pixel_au
 
 def source_fingerprint(source: str, repo: str = "", rev: str = "") -> str:
     """sha256 over (path, version) of every file of the source: changes whenever any file changes."""
-    from components import fetch
+    from components.fetch import list_source
 
-    if source.startswith("s3://"):
-        items = fetch._list_s3(source)
-    elif repo:
-        items = fetch._list_dvc(repo, source, rev)
-    else:
-        items = fetch._list_local(source)
+    items = list_source(source, repo, rev)
     digest = hashlib.sha256(f"{source}|{repo}|{rev}".encode())
     for item in sorted(items, key=lambda it: it.rel):
         digest.update(f"\n{item.rel}\t{item.version}".encode())
@@ -129,25 +124,25 @@ def _flatten(items: Iterable[Any]) -> list[Any]:
 
 
 def _cell(value: Any) -> str:
-    if value is None or value == "":
-        return "-"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value).replace("|", "\\|")
+    return str(value)
 
 
 def summary_markdown(results: Iterable[Any], title: str = "adcore results") -> tuple[str, list[dict[str, Any]]]:
     """A markdown table, one row per (category, method), sorted; returns (markdown, rows)."""
+    from adcore.report import markdown_table
+
     rows = sorted(_flatten(results), key=lambda r: (str(r.get("category")), str(r.get("method"))))
     columns = [c for c in SUMMARY_COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
-    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n", rows
+    cells = [{c: None if r.get(c) == "" else r.get(c) for c in columns} for r in rows]
+    return f"# {title}\n\n{markdown_table(cells, columns, _cell, missing='-')}\n", rows
 
 
 def log_summary(markdown: str, rows: list[dict[str, Any]], *, experiment: str = "", tracking_uri: str = "",
                 run_name: str = "summary") -> str:
     """Log the table to MLflow as a run of its own (summary.md, results.json); returns the run id."""
+    from adcore.metrics import METRIC_KEYS
     from components import tracking
 
     with tracking.open_run("all", "summary", experiment=experiment, uri=tracking_uri) as run:
@@ -156,7 +151,7 @@ def log_summary(markdown: str, rows: list[dict[str, Any]], *, experiment: str = 
         run.log_dict(rows, "results.json")
         for row in rows:
             prefix = f"{row.get('category')}.{row.get('method')}"
-            run.log_metrics({f"{prefix}.{k}": row.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_aupro")})
+            run.log_metrics({f"{prefix}.{k}": row.get(k) for k in METRIC_KEYS})
         return run.run_id
 
 
@@ -164,13 +159,14 @@ def report(metrics_files: Sequence[str], markdown_out: str, json_out: str, plot_
     """dvc's report stage: one table, one metrics file (category -> method -> metric) and one plot table (a row
     per category/method) from the evaluate outputs."""
     from adcore.io import atomic_write_json, atomic_write_text
+    from adcore.metrics import METRIC_KEYS
 
     results = []
     for path in metrics_files:
         metrics = json.loads(Path(path).read_text())
         results.append({k: metrics.get(k) for k in (*SUMMARY_COLUMNS, "category", "method")})
     markdown, rows = summary_markdown(results)
-    keep = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap", "image_f1_max", "ms_per_image")
+    keep = (*METRIC_KEYS, "ms_per_image")
     nested: dict[str, dict[str, dict[str, Any]]] = {}
     for path in metrics_files:
         metrics = json.loads(Path(path).read_text())

@@ -140,6 +140,7 @@ def register_op(dataset: Input[Dataset], model: Input[Model], evaluation: Input[
     import json
     import os
 
+    from adcore.metrics import METRIC_KEYS
     from components.register import register_model
 
     metrics_json = os.path.join(evaluation.path, "metrics.json")
@@ -151,8 +152,7 @@ def register_op(dataset: Input[Dataset], model: Input[Model], evaluation: Input[
     row = {"category": category, "method": method, "decision": decision["decision"],
            "version": decision["version"], "name": decision["name"], "run_id": decision["run_id"],
            "reasons": decision["reasons"]}
-    row.update({k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap",
-                                            "image_f1_max", "pixel_f1_max", "ms_per_image")})
+    row.update({k: metrics.get(k) for k in (*METRIC_KEYS, "ms_per_image")})
     return json.dumps(row, default=str)
 
 

@@ -168,6 +168,34 @@ def test_local_folder_and_safe_relpath(demo_root, tmp_path):
             safe_relpath(bad, "x")
 
 
+def test_list_source_lists_s3_and_local_alike(s3_env, demo_root, tmp_path):
+    from components.fetch import list_source
+
+    local = list_source(str(demo_root / "tile"))
+    upload_folder(_client(), demo_root / "tile", BUCKET, "listing/tile")
+    remote = list_source(f"s3://{BUCKET}/listing")
+    assert sorted(f.rel for f in remote) == sorted(f"tile/{f.rel}" for f in local)
+    assert all(f.md5 and f.version == f"etag:{f.md5}" for f in remote)  # single-part uploads: the ETag is the md5
+    with pytest.raises(DataError, match="source folder not found"):
+        list_source(str(tmp_path / "nope"))
+
+
+def test_a_short_or_corrupt_download_is_never_renamed_into_place(tmp_path):
+    from adcore.io import atomic_path
+    from components.fetch import RemoteFile
+
+    def write_abc(path: Path) -> None:
+        path.write_bytes(b"abc")
+
+    corrupt = RemoteFile("a.png", 3, "v1", "src:a.png", write_abc, md5="0" * 32)
+    short = RemoteFile("a.png", 4, "v1", "src:a.png", write_abc)
+    for item, message in ((corrupt, r"src:a.png: md5 \w+ of the downloaded bytes differs"),
+                          (short, r"src:a.png: downloaded 3 bytes but the source lists 4")):
+        with pytest.raises(DataError, match=message), atomic_path(tmp_path / "a.png") as tmp:
+            item.download_verified(tmp)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _run(cmd: list[str], cwd: Path, env: dict) -> None:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{cmd}: {proc.stdout}\n{proc.stderr}"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from adcore.config import PROFILES, RunConfig, deep_merge, parse_override, resolve
+from adcore.config import PROFILES, RunConfig, deep_merge, parse_override
+from adcore.methods import resolve_settings as resolve
+from adcore.methods import settings_from_dict
+from adcore.methods.patchcore import PatchCoreConfig
 from adcore.errors import ConfigError
 
 
@@ -17,10 +20,10 @@ def test_cpu_and_paper_profiles_differ_where_the_papers_say():
     # PatchCore's own paper profile crops 224 after resizing to 256; the cpu profile does not crop.
     assert (paper.data.image_size, paper.data.crop_size, paper.data.input_size) == (256, 224, 224)
     assert (cpu.data.image_size, cpu.data.crop_size, cpu.data.input_size) == (256, None, 256)
-    assert cpu.method["coreset_ratio"] == pytest.approx(0.01)  # cpu-sized; the paper profile keeps 0.1
-    assert paper.method["coreset_ratio"] == pytest.approx(0.1)
+    assert cpu.method.coreset_ratio == pytest.approx(0.01)  # cpu-sized; the paper profile keeps 0.1
+    assert paper.method.coreset_ratio == pytest.approx(0.1)
     # The method section is stored complete (defaults filled in), so a saved model records every setting.
-    assert set(cpu.method) == {"coreset_ratio", "coreset_min", "projection_dim", "embedding_dim", "patch_size", "reweight_k",
+    assert set(cpu.to_dict()["method"]) == {"coreset_ratio", "coreset_min", "projection_dim", "embedding_dim", "patch_size", "reweight_k",
                                "reweight", "chunk_size"}
     assert resolve("patchcore").profile == "cpu"  # the default profile
 
@@ -41,8 +44,8 @@ def test_params_layer_over_profile_and_overrides_over_params(tmp_path):
     assert cfg.backbone.weights == "random"  # params over profile
     assert cfg.data.image_size == 96 and cfg.data.crop_size == 224  # params over profile, profile kept
     assert cfg.data.batch_size == 5  # override over params
-    assert cfg.method["coreset_ratio"] == pytest.approx(0.25)
-    assert cfg.method["reweight_k"] == 4
+    assert cfg.method.coreset_ratio == pytest.approx(0.25)
+    assert cfg.method.reweight_k == 4
     # An explicit profile beats the one in params.yaml; the dict form of params works the same.
     cpu = resolve("patchcore", "cpu", {"profile": "paper", "data": {"image_size": 80}})
     assert cpu.profile == "cpu" and cpu.backbone.name == "tf_efficientnet_lite0" and cpu.data.image_size == 80
@@ -61,7 +64,7 @@ def test_override_values_are_parsed_as_yaml_scalars():
     ])
     assert cfg.train.threads == 2 and isinstance(cfg.train.threads, int)
     assert cfg.postprocess.blur_sigma == 2.5
-    assert cfg.method["reweight"] is False
+    assert cfg.method.reweight is False
     assert (cfg.data.image_size, cfg.data.input_size) == (64, 48)
     assert cfg.backbone.name == "resnet18" and cfg.train.device == "cpu"
 
@@ -150,6 +153,16 @@ def test_assignment_is_validated_and_merge_does_not_mutate():
 
 def test_round_trip_through_json():
     cfg = resolve("patchcore", "cpu", overrides=["data.image_size=64", "method.patchcore.reweight_k=3"])
-    again = RunConfig.model_validate(cfg.to_dict())
-    assert again == cfg
-    assert again.method_config().reweight_k == 3
+    again = settings_from_dict(cfg.to_dict())
+    assert again == cfg and isinstance(again.method, PatchCoreConfig)  # the method section is stored typed
+    assert again.method.reweight_k == 3
+
+
+def test_config_module_knows_no_method():
+    # The settings sections do not import the method registry (no import cycle through adcore.methods).
+    import subprocess
+    import sys
+
+    code = "import sys, adcore.config; print('adcore.methods' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

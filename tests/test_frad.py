@@ -1,4 +1,5 @@
-"""FRAD: shuffle, GFE, losses, multi-level fusion, persistence and a short run on the demo data."""
+"""FRAD: shuffle, GFE, losses, multi-level fusion and a short run on the demo data (persistence, resume and
+seeding: tests/test_method_contract.py)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from adcore.config import resolve
 from adcore.errors import ConfigError
-from adcore.methods import create_model, load_model
-from adcore.methods.base import FitData
-from adcore.methods.frad.extractor import fuse_levels, pool_channels
+from adcore.methods import create_model, resolve_settings
+from adcore.methods.base import FitData, TrainOptions
+from adcore.methods.frad.extractor import fuse_levels
 from adcore.methods.frad.gfe import GlobalFeatureExtraction
-from adcore.methods.frad.loss import cosine_distance_map, reconstruction_loss, total_loss
-from adcore.methods.frad.model import FeatureAutoencoder
+from adcore.methods.frad.loss import reconstruction_loss, total_loss
+from adcore.methods.frad.network import FRADNetwork
 from adcore.methods.frad.shuffle import grid_shuffle, grid_unshuffle, random_permutations
 
 TINY = ["backbone.name=resnet18", "backbone.weights=random", "data.image_size=64", "method.frad.channels=16",
@@ -85,7 +85,6 @@ def test_cosine_loss_zero_for_identical_and_scale_invariant():
     z = torch.randn(2, 8, 5, 5)
     assert reconstruction_loss(z, z.clone()).item() == pytest.approx(0.0, abs=1e-6)
     assert reconstruction_loss(z, 3.0 * z).item() == pytest.approx(0.0, abs=1e-6)
-    assert torch.allclose(cosine_distance_map(z, -z), torch.full((2, 5, 5), 2.0), atol=1e-6)
     loss, parts = total_loss(z, z, -z, 0.1)
     assert loss.item() == pytest.approx(0.2, abs=1e-5) and parts["loss_ssl"] == pytest.approx(2.0, abs=1e-5)
 
@@ -97,8 +96,6 @@ def test_fuse_levels_pools_each_level_to_equal_share():
     z = fuse_levels([a, b], 4)
     assert z.shape == (1, 4, 8, 8)
     assert torch.allclose(z[:, :2], torch.ones(1, 2, 8, 8)) and torch.allclose(z[:, 2:], torch.full((1, 2, 8, 8), 3.0))
-    x = torch.arange(6.0).view(1, 6, 1, 1)
-    assert pool_channels(x, 3).flatten().tolist() == [0.5, 2.5, 4.5]
 
 
 # ---- network -----------------------------------------------------------------------------------------------------
@@ -106,68 +103,18 @@ def test_fuse_levels_pools_each_level_to_equal_share():
 def test_autoencoder_output_matches_input(size):
     torch.manual_seed(0)
     for gfe in (True, False):
-        ae = FeatureAutoencoder(16, gfe=gfe).eval()
+        ae = FRADNetwork(16, gfe=gfe).eval()
         z = torch.randn(2, 16, *size)
         assert ae(z).shape == z.shape
 
 
 def test_config_switches_and_stage_choice():
-    cfg = resolve("frad", "paper", overrides=["method.frad.stages=[1,2,3]"])
-    assert cfg.method["channels"] == 512 and cfg.method["epochs"] == 100 and cfg.method["betas"] == [0.5, 0.999]
-    model = create_model(resolve("frad", "cpu", overrides=TINY + ["method.frad.stages=[3,1]", "method.frad.gfe=false"]))
-    assert model.backbone.strides == (4, 16) and model.autoencoder.gfe is None
+    cfg = resolve_settings("frad", "paper", None, ["method.frad.stages=[1,2,3]"])
+    assert cfg.method.channels == 512 and cfg.method.epochs == 100 and cfg.method.betas == (0.5, 0.999)
+    model = create_model(resolve_settings("frad", "cpu", None, TINY + ["method.frad.stages=[3,1]", "method.frad.gfe=false"]))
+    assert model.backbone.strides == (4, 16) and model.build_network({}).gfe is None
     with pytest.raises(ConfigError, match="method.frad.stages"):
-        resolve("frad", "cpu", overrides=["method.frad.stages=[5]"])
-
-
-# ---- persistence -------------------------------------------------------------------------------------------------
-def _fake_fit_data(tmp_path, n=6, size=64):
-    from PIL import Image
-
-    from adcore.data.mvtec import Sample
-    from adcore.data.transforms import ImageTransform
-
-    rng = np.random.default_rng(0)
-    samples = []
-    for i in range(n):
-        path = tmp_path / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
-        samples.append(Sample(path, 0, "good", None))
-    return samples, ImageTransform(size)
-
-
-def test_save_load_round_trip_gives_identical_maps(tmp_path):
-    torch.manual_seed(0)
-    model = create_model(resolve("frad", "cpu", overrides=TINY))
-    samples, _ = _fake_fit_data(tmp_path)
-    transform = model.make_transform()
-    model.fit(FitData(train=samples[:4], val=samples[4:], transform=transform, progress=False))
-    assert len(model.fit_info["history"]) == 2 and "loss_ssl" in model.fit_info["history"][0]
-    images = torch.stack([transform(np.asarray(__import__("PIL.Image").Image.open(s.path))) for s in samples[4:]])
-    before = model.predict(images)
-    model.save(tmp_path / "model")
-    loaded = load_model(tmp_path / "model")
-    after = loaded.predict(images)
-    assert torch.equal(before.maps, after.maps) and torch.equal(before.scores, after.scores)
-
-
-def test_training_is_reproducible_and_resumable(tmp_path):
-    samples, _ = _fake_fit_data(tmp_path, n=4)
-    runs = []
-    for name, stop in (("full", None), ("resumed", 1)):
-        torch.manual_seed(0)  # the random test backbone must be the same in both runs
-        model = create_model(resolve("frad", "cpu", overrides=TINY + ["method.frad.gfe=false"]))
-        data = FitData(train=samples, val=[], transform=model.make_transform(), progress=False,
-                       checkpoint_dir=tmp_path / name, stop_after_epochs=stop)
-        model.fit(data)
-        if stop is not None:  # a new process picks the run up from the checkpoint
-            torch.manual_seed(0)
-            model = create_model(resolve("frad", "cpu", overrides=TINY + ["method.frad.gfe=false"]))
-            data.resume, data.stop_after_epochs = True, None
-            model.fit(data)
-        runs.append(model.autoencoder.state_dict())
-    for key, value in runs[0].items():
-        assert torch.equal(value, runs[1][key]), key
+        resolve_settings("frad", "cpu", None, ["method.frad.stages=[5]"])
 
 
 # ---- a real run on the demo data ---------------------------------------------------------------------------------
@@ -177,11 +124,11 @@ def test_demo_run_detects_anomalies(demo_root):
     from adcore.metrics import image_auroc
 
     category = load_category(demo_root, "tile")
-    config = resolve("frad", "cpu", overrides=["data.image_size=128", "method.frad.epochs=8",
+    config = resolve_settings("frad", "cpu", None, ["data.image_size=128", "method.frad.epochs=8",
                                                "method.frad.batch_size=8", "train.device=cpu"])
     model = create_model(config)
     transform = model.make_transform()
-    model.fit(FitData(train=category.train, val=[], transform=transform, progress=False))
+    model.fit(FitData(train=category.train, val=[], transform=transform), TrainOptions(progress=False))
     scores, labels = [], []
     for batch in make_loader(category.test, transform, batch_size=16):
         scores.append(model.predict(batch["image"]).scores)

@@ -13,7 +13,11 @@ from adcore.io import (
     META_FILE,
     TENSOR_FILE,
     atomic_directory,
+    atomic_path,
     atomic_write_json,
+    atomic_write_stream,
+    file_digests,
+    file_sha256,
     flatten_state,
     read_model_dir,
     read_model_meta,
@@ -163,3 +167,39 @@ def test_atomic_writes_get_umask_permissions(tmp_path):
     assert (tmp_path / "m").stat().st_mode & 0o777 == mode
     assert (tmp_path / "m" / "model.json").stat().st_mode & 0o777 == mode & 0o666
     assert (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777 == mode & 0o666
+
+
+def test_atomic_write_stream_returns_the_sha256_and_a_failed_copy_keeps_the_old_file(tmp_path):
+    import hashlib
+    import io
+
+    import adcore.io as io_module
+
+    data = b"x" * (3 << 20) + b"tail"  # several read chunks
+    assert atomic_write_stream(tmp_path / "a.bin", io.BytesIO(data)) == hashlib.sha256(data).hexdigest()
+    assert atomic_write_stream(tmp_path / "b.bin", [b"ab", b"cd"]) == hashlib.sha256(b"abcd").hexdigest()
+    assert file_sha256(tmp_path / "a.bin") == hashlib.sha256(data).hexdigest()
+    assert file_digests(tmp_path / "b.bin", "md5", "sha256") == {
+        "md5": hashlib.md5(b"abcd").hexdigest(), "sha256": hashlib.sha256(b"abcd").hexdigest()}
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o666 & ~io_module._UMASK
+
+    def broken_transfer():
+        yield b"partial"
+        raise ConnectionError("reset by peer")
+
+    with pytest.raises(ConnectionError):
+        atomic_write_stream(tmp_path / "a.bin", broken_transfer())
+    assert (tmp_path / "a.bin").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
+
+
+def test_atomic_path_keeps_the_suffix_a_writer_needs(tmp_path):
+    with atomic_path(tmp_path / "out" / "p.yaml", suffix=".yaml") as tmp:
+        assert tmp.suffix == ".yaml" and tmp.parent == tmp_path / "out" and tmp.name.startswith(".")
+        tmp.write_text("a: 1\n")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "out" / "p.yaml") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert (tmp_path / "out" / "p.yaml").read_text() == "a: 1\n"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["p.yaml"]

@@ -12,8 +12,8 @@ import pytest
 from adcore.errors import ModelFormatError
 from adcore.evaluation import METRIC_KEYS, evaluate_model
 from adcore.features import FeatureCache
-from adcore.methods import load_model
-from adcore.training import default_cache_dir, train_model
+from adcore.methods import load_model, resolve_settings
+from adcore.training import TrainOptions, default_cache_dir, train_model
 
 TINY = ["data.image_size=64", "train.device=cpu"]
 
@@ -36,8 +36,9 @@ def test_train_then_evaluate(demo_root, tmp_path, caplog, monkeypatch):
 
     monkeypatch.setattr(FeatureCache, "_extract", staticmethod(counting_extract))
     cache = tmp_path / "cache"
-    result = train_model("patchcore", demo_root, "widget", tmp_path / "model", overrides=TINY, cache_dir=cache,
-                         progress=False)
+    settings = resolve_settings("patchcore", "cpu", None, TINY)
+    options = TrainOptions(cache_dir=cache, progress=False)
+    result = train_model(settings, demo_root, "widget", tmp_path / "model", options)
     assert result.model_dir == tmp_path / "model" and result.device == "cpu"
     assert result.seconds > 0 and result.peak_rss_mb > 0 and result.history == []
     assert result.config.data.image_size == 64
@@ -57,8 +58,7 @@ def test_train_then_evaluate(demo_root, tmp_path, caplog, monkeypatch):
 
     # A second training with the same data and settings reads the features from the cache.
     with caplog.at_level(logging.INFO, logger="adcore.features"):
-        again = train_model("patchcore", demo_root, "widget", tmp_path / "model2", overrides=TINY, cache_dir=cache,
-                            progress=False)
+        again = train_model(settings, demo_root, "widget", tmp_path / "model2", options)
     assert extracted == [14] and "feature cache hit" in caplog.text
     assert json.loads((again.model_dir / "model.json").read_text())["fit_info"]["memory_size"] == fit["memory_size"]
 
@@ -79,17 +79,7 @@ def test_train_then_evaluate(demo_root, tmp_path, caplog, monkeypatch):
     assert fewer["n_images"] == results["n_images"] - 1 and fewer["n_anomalous"] == 8
     assert fewer["excluded_seen_anomalies"] == [str(elsewhere)]
 
-    # A model trained with train.device=cuda loads (on the CPU) where there is no GPU, e.g. in the evaluation pod.
-    import shutil
-
-    import torch
-
-    shutil.copytree(tmp_path / "model", tmp_path / "gpu_model")
-    meta["config"]["train"]["device"] = "cuda"
-    (tmp_path / "gpu_model" / "model.json").write_text(json.dumps(meta))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert load_model(tmp_path / "gpu_model").device.type == "cpu"
-
+    # A model saved on another device loads on the CPU: tests/test_method_contract.py.
     # Normalised predictions of the loaded model: the validation images sit at or below the 0.5 threshold mostly.
     model = load_model(tmp_path / "model", device="cpu")
     from adcore.data.dataset import make_loader
@@ -110,9 +100,10 @@ def test_train_then_evaluate(demo_root, tmp_path, caplog, monkeypatch):
 
 def test_single_training_image_trains_without_validation(tiny_category, tmp_path):
     cat = tiny_category("one", n_train=1, size=(32, 32))
-    result = train_model("patchcore", cat.parent, "one", tmp_path / "m",
-                         overrides=["backbone.name=resnet18", "backbone.weights=random", "data.image_size=32",
-                                    "train.device=cpu"], cache_dir=tmp_path / "c", progress=False)
+    settings = resolve_settings("patchcore", "cpu", None, ["backbone.name=resnet18", "backbone.weights=random",
+                                                           "data.image_size=32", "train.device=cpu"])
+    result = train_model(settings, cat.parent, "one", tmp_path / "m",
+                         TrainOptions(cache_dir=tmp_path / "c", progress=False))
     meta = json.loads((result.model_dir / "model.json").read_text())
     assert meta["data"]["n_train"] == 1 and meta["data"]["n_val"] == 0 and meta["normalizer"] is None
     model = load_model(result.model_dir)

@@ -1,69 +1,8 @@
-"""The method registry. Every module or package in this folder that defines a registered method is imported on
-first use, so adding a method means adding a file: nothing else to edit."""
+"""Methods: the registry, settings resolution, and one folder per method (``<name>/method.py``, ``network.py``,
+``loss.py``, ``anomaly_map.py``); algorithms shared by several methods live in ``common/``."""
 
-from __future__ import annotations
+from adcore.methods.registry import create_model, get_method, load_model, method_names, register
+from adcore.methods.settings import resolve_settings, settings_from_dict
 
-import importlib
-import pkgutil
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-from adcore.errors import ConfigError
-
-if TYPE_CHECKING:
-    from adcore.methods.base import AnomalyModel
-
-_REGISTRY: dict[str, type[AnomalyModel]] = {}
-_DISCOVERED = False
-
-
-def register(cls: type[AnomalyModel]) -> type[AnomalyModel]:
-    """Class decorator: make a method available by its ``name``."""
-    name = cls.name
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"method {name!r} registered twice ({_REGISTRY[name].__module__} and {cls.__module__})")
-    _REGISTRY[name] = cls
-    return cls
-
-
-def _discover() -> None:
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    _DISCOVERED = True
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if info.name not in {"base"} and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-def method_names() -> list[str]:
-    _discover()
-    return sorted(_REGISTRY)
-
-
-def get_method(name: str) -> type[AnomalyModel]:
-    _discover()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"method {name!r}: unknown; known methods: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def load_model(path, device: str | None = None) -> AnomalyModel:
-    """Load a model directory written by ``AnomalyModel.save``. Never unpickles."""
-    from pydantic import ValidationError
-
-    from adcore.errors import ModelFormatError
-    from adcore.io import META_FILE, read_model_dir
-
-    meta, tensors = read_model_dir(path)
-    try:
-        return get_method(meta["method"]).from_saved(meta, tensors, device=device)
-    except (KeyError, TypeError, ValidationError) as exc:  # valid JSON but not what adcore wrote
-        raise ModelFormatError(f"{Path(path) / META_FILE}: incomplete or inconsistent model "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-
-
-def create_model(config) -> AnomalyModel:
-    """A fresh, untrained model for a resolved :class:`adcore.config.RunConfig`."""
-    return get_method(config.method_name)(config)
+__all__ = ["create_model", "get_method", "load_model", "method_names", "register", "resolve_settings",
+           "settings_from_dict"]

@@ -1,5 +1,6 @@
-"""CFA: coupled-hypersphere-based feature adaptation (registered as method ``cfa``; see method.py)."""
+"""CFA: coupled-hypersphere-based feature adaptation (registered as ``cfa``; see method.py)."""
 
 from adcore.methods.cfa.method import CFA, CFAConfig
+from adcore.methods.cfa.network import CFANetwork
 
-__all__ = ["CFA", "CFAConfig"]
+__all__ = ["CFA", "CFAConfig", "CFANetwork"]

@@ -1,4 +1,4 @@
-"""CFA's coupled-hypersphere loss (Eq. 1-3) and scoring function (Eq. 5).
+"""CFA's coupled-hypersphere loss (Eq. 1-3) on the distances to the nearest memory items.
 
 Distances are squared Euclidean, as in the reference code; they are compared with r^2 in Eq. 1 and 2, which is
 the consistent reading of "D(phi(p), c) - r^2".
@@ -9,11 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def squared_distances(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """(N, D) x (M, D) -> (N, M) squared Euclidean distances, clamped at 0 against rounding."""
-    d = (features * features).sum(1, keepdim=True) + (bank * bank).sum(1)[None, :] - 2.0 * features @ bank.T
-    return d.clamp_min_(0.0) if not d.requires_grad else d.clamp_min(0.0)
+from adcore.methods.common.distances import squared_distances
 
 
 def nearest(features: torch.Tensor, bank: torch.Tensor, n: int) -> torch.Tensor:
@@ -48,8 +44,3 @@ def cfa_loss(features: torch.Tensor, bank: torch.Tensor, r: torch.Tensor, *, k: 
     att = scale * attraction_loss(dist_k, r)
     rep = scale * repulsion_loss(dist_j, r, alpha) if use_rep and dist_j.shape[1] > 0 else att.new_zeros(())
     return {"loss": att + rep, "att": att, "rep": rep}
-
-
-def anomaly_score(dist_k: torch.Tensor) -> torch.Tensor:
-    """Eq. 5: softmin over the K nearest distances (certainty of the nearest match) times the nearest distance."""
-    return F.softmin(dist_k, dim=-1)[..., 0] * dist_k[..., 0]

@@ -11,17 +11,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from adcore.config import Section
 from adcore.errors import ConfigError, DataError, ModelFormatError
-from adcore.features import FeatureCache
-from adcore.methods import register
-from adcore.methods.base import AnomalyModel, FitData, RawPrediction, seed_everything
-from adcore.methods.cfa.loss import anomaly_score, cfa_loss, nearest
+from adcore.methods.base import AnomalyModel, FitData, RawPrediction, TrainOptions
+from adcore.methods.cfa.anomaly_map import align_and_average, anomaly_score
+from adcore.methods.cfa.loss import cfa_loss, nearest
 from adcore.methods.cfa.memory import build_memory_bank
-from adcore.methods.cfa.model import PatchDescriptor, Radius
+from adcore.methods.cfa.network import CFANetwork, CFAView
+from adcore.methods.registry import register
 
 
 class CFAConfig(Section):
@@ -41,16 +40,6 @@ class CFAConfig(Section):
     ablation: Literal["none", "att", "att+rep"] = Field(
         "att+rep", description="Table 5 rows: 'none' = no adaptation, 'att' = L_att only, 'att+rep' = full CFA")
     score_chunk: int = Field(8192, gt=0, description="patches per nearest-neighbour block at inference")
-
-
-class _View:
-    """One model of the ensemble: a preprocessing view with its descriptor, radius and memory bank."""
-
-    def __init__(self, name: str, descriptor: PatchDescriptor, radius: Radius) -> None:
-        self.name = name
-        self.descriptor = descriptor
-        self.radius = radius
-        self.bank: torch.Tensor | None = None
 
 
 @register
@@ -81,37 +70,34 @@ class CFA(AnomalyModel):
     name = "cfa"
     Config = CFAConfig
     feature_strides = (4, 8, 16)
+    smoke_overrides = ("data.crop_size=56", "method.cfa.epochs=2")
     profiles = {
-        "paper": {"backbone": {"name": "wide_resnet50_2", "weights": "hub"},
-                  "data": {"image_size": 256, "crop_size": 224},
+        "paper": {"data": {"crop_size": 224},
                   "method": {"epochs": 30, "batch_size": 4, "gamma_c": 1, "gamma_d": 1, "k": 3, "j": 3}},
-        "cpu": {"backbone": {"name": "tf_efficientnet_lite0", "weights": "offline"},
-                "data": {"image_size": 160, "crop_size": 144},
+        "cpu": {"data": {"image_size": 160, "crop_size": 144},
                 "method": {"epochs": 5, "batch_size": 4, "gamma_c": 1, "gamma_d": 1, "k": 3, "j": 3}},
     }
 
-    def __init__(self, config, *, load_weights: bool = True) -> None:
-        super().__init__(config, load_weights=load_weights)
-        if self.cfg.variant == "cfa++" and not self._crop_size():
+    def __init__(self, settings, *, load_weights: bool = True) -> None:
+        super().__init__(settings, load_weights=load_weights)
+        if self.config.variant == "cfa++" and not self._crop_size():
             raise ConfigError("method.cfa.variant: 'cfa++' ensembles resized and cropped views, so data.crop_size "
                               "must be set and smaller than data.image_size")
-        self.views: dict[str, _View] = {}
-        self.feature_shapes: dict[str, list[int]] = {}
 
     # ---- views ------------------------------------------------------------------------------------------------
     def _crop_size(self) -> int | None:
-        c = self.config.data.crop_size
-        return c if c is not None and c < self.config.data.image_size else None
+        c = self.settings.data.crop_size
+        return c if c is not None and c < self.settings.data.image_size else None
 
     def view_names(self) -> list[str]:
-        return ["resized", "cropped"] if self.cfg.variant == "cfa++" else ["main"]
+        return ["resized", "cropped"] if self.config.variant == "cfa++" else ["main"]
 
     def make_transform(self):
         """CFA: the configured resize (+ crop). CFA++: resize only; the cropped view is cut from that frame."""
-        if self.cfg.variant == "cfa++":
+        if self.config.variant == "cfa++":
             from adcore.data.transforms import ImageTransform
 
-            return ImageTransform(self.config.data.image_size, None, self.backbone.mean, self.backbone.std)
+            return ImageTransform(self.settings.data.image_size, None, self.backbone.mean, self.backbone.std)
         return super().make_transform()
 
     def _view_transform(self, name: str, given):
@@ -119,74 +105,75 @@ class CFA(AnomalyModel):
             return given
         from adcore.data.transforms import ImageTransform
 
-        return ImageTransform(self.config.data.image_size, self._crop_size(), given.mean, given.std)
+        return ImageTransform(self.settings.data.image_size, self._crop_size(), given.mean, given.std)
 
     def _view_input(self, name: str, images: torch.Tensor) -> torch.Tensor:
         if name != "cropped":
             return images
         size, crop = images.shape[-1], self._crop_size()
-        if images.shape[-2] != self.config.data.image_size or size != self.config.data.image_size:
-            raise DataError(f"cfa++: expected inputs of {self.config.data.image_size} px (the resized-only frame of "
+        if images.shape[-2] != self.settings.data.image_size or size != self.settings.data.image_size:
+            raise DataError(f"cfa++: expected inputs of {self.settings.data.image_size} px (the resized-only frame of "
                             f"make_transform()), got {tuple(images.shape[-2:])}")
         top = int(round((size - crop) / 2.0))  # the same centre crop as ImageTransform
         return images[..., top:top + crop, top:top + crop]
 
-    def _new_view(self, name: str, in_channels: int) -> _View:
-        descriptor = PatchDescriptor(in_channels, self.cfg.gamma_d).to(self.device)
-        return _View(name, descriptor, Radius(self.cfg.r_init).to(self.device))
+    def build_network(self, info: dict[str, Any]) -> CFANetwork:
+        names = info.get("views") or []
+        if names != self.view_names():
+            raise ModelFormatError(f"cfa: model file has views {names}, variant {self.config.variant!r} needs "
+                                   f"{self.view_names()}")
+        return CFANetwork(names, int(info["in_channels"]), self.config.gamma_d, self.config.r_init,
+                          info.get("memory_size_per_view"))
 
     # ---- training -----------------------------------------------------------------------------------------------
-    def fit(self, data: FitData) -> None:
-        if not data.train:
-            raise DataError(f"{data.category_name or 'category'}: no training images")
-        if self.cfg.variant == "cfa++" and getattr(data.transform, "crop_size", None) is not None:
+    def training_features(self, data: FitData, options: TrainOptions) -> dict[str, Any]:
+        """One set of cached features per view (CFA++: the resized frame and its centre crop)."""
+        if self.config.variant == "cfa++" and getattr(data.transform, "crop_size", None) is not None:
             raise ConfigError("cfa++: FitData.transform must be the resized-only frame of model.make_transform() "
                               f"(got crop_size={data.transform.crop_size})")
-        cache = data.cache or FeatureCache(None)
-        feats = {
-            name: cache.features(self.backbone, data.train, self._view_transform(name, data.transform),
-                                 batch_size=self.config.data.batch_size, num_workers=self.config.data.num_workers,
-                                 show_progress=data.progress)
-            for name in self.view_names()
-        }
-        seed_everything(self.config.train.seed)  # the descriptors' He initialisation, hence the bank, is seeded
-        in_channels = int(sum(self.backbone.channels))
-        self.views = {name: self._new_view(name, in_channels) for name in self.view_names()}
-        for name, view in self.views.items():
+        return {name: self.read_features(data.train, self._view_transform(name, data.transform), options)
+                for name in self.view_names()}
+
+    def fit_network(self, features: dict[str, Any], data: FitData, options: TrainOptions) -> None:
+        cfg = self.config
+        # The descriptors' He initialisation, hence the bank, is drawn from the RNG as fit seeded it.
+        network = self.new_network({"views": self.view_names(), "in_channels": int(sum(self.backbone.channels))},
+                                   reseed=False)
+        feature_shapes = {}
+        for name, view in network.views.items():
             view.bank = build_memory_bank(
-                lambda f=feats[name], v=view: (v.descriptor(s) for _, s in f.batches(self.cfg.batch_size,
-                                                                                     device=self.device)),
-                self.cfg.gamma_c, seed=self.config.train.seed,
+                lambda f=features[name], v=view: (v.descriptor(s) for _, s in f.batches(cfg.batch_size,
+                                                                                        device=self.device)),
+                cfg.gamma_c, seed=self.settings.train.seed,
             ).to(self.device)
-            stages = feats[name].get([0])
-            self.feature_shapes[name] = list(stages[0].shape[-2:])
+            feature_shapes[name] = list(features[name].get([0])[0].shape[-2:])
+        self.build_info.update(self.memory_info(), out_channels=next(iter(network.views.values())).descriptor
+                               .out_channels, feature_shapes=feature_shapes)
         self.fit_info.update(self.memory_info())
         self.fit_info["n_train"] = len(data.train)
-        if self.cfg.ablation == "none" or self.cfg.epochs == 0:
+        if cfg.ablation == "none" or cfg.epochs == 0:
             self.fit_info.update({"history": [], "epochs_completed": 0})
             return
 
-        use_rep = self.cfg.ablation == "att+rep"
-        state: dict[str, Any] = {}
+        use_rep = cfg.ablation == "att+rep"
+        state: dict[str, Any] = {"network": network}
         optimizers = {}
-        for name, view in self.views.items():
+        for name, view in network.views.items():
             params = list(view.descriptor.parameters()) + list(view.radius.parameters())
-            optimizers[name] = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
-                                                 amsgrad=True)
-            state.update({f"{name}.descriptor": view.descriptor, f"{name}.radius": view.radius,
-                          f"{name}.optimizer": optimizers[name]})
+            optimizers[name] = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=True)
+            state[f"{name}.optimizer"] = optimizers[name]
 
         def train_epoch(epoch: int, rng: np.random.Generator) -> dict[str, float]:
             sums: dict[str, float] = {}
-            for name, view in self.views.items():
+            for name, view in network.views.items():
                 view.descriptor.train()
                 totals = np.zeros(3)
                 n = 0
-                for _, stages in feats[name].batches(self.cfg.batch_size, shuffle=True, rng=rng, device=self.device):
+                for _, stages in features[name].batches(cfg.batch_size, shuffle=True, rng=rng, device=self.device):
                     phi = view.descriptor(stages)
                     phi = phi.permute(0, 2, 3, 1).reshape(-1, phi.shape[1])
-                    out = cfa_loss(phi, view.bank, view.radius.r, k=self.cfg.k, j=self.cfg.j, alpha=self.cfg.alpha,
-                                   scale=self.cfg.loss_scale, use_rep=use_rep)
+                    out = cfa_loss(phi, view.bank, view.radius.r, k=cfg.k, j=cfg.j, alpha=cfg.alpha,
+                                   scale=cfg.loss_scale, use_rep=use_rep)
                     optimizers[name].zero_grad(set_to_none=True)
                     out["loss"].backward()
                     optimizers[name].step()
@@ -198,85 +185,29 @@ class CFA(AnomalyModel):
                              f"{prefix}rep": totals[2] / n, f"{prefix}r": float(view.radius.r.detach().abs())})
             return sums
 
-        self.run_epochs(data, self.cfg.epochs, train_epoch, state)
+        self.run_epochs(data, options, cfg.epochs, train_epoch, state)
 
     def memory_info(self) -> dict[str, Any]:
-        sizes = {name: int(v.bank.shape[0]) for name, v in self.views.items() if v.bank is not None}
-        dims = {name: int(v.bank.shape[1]) for name, v in self.views.items() if v.bank is not None}
+        views = self.check_is_fitted().views
+        sizes = {name: int(v.bank.shape[0]) for name, v in views.items()}
+        dims = {name: int(v.bank.shape[1]) for name, v in views.items()}
         return {"memory_size": int(sum(sizes.values())), "memory_size_per_view": sizes, "memory_dim": dims}
 
     # ---- inference ----------------------------------------------------------------------------------------------
-    def _view_map(self, view: _View, images: torch.Tensor) -> torch.Tensor:
+    def _view_map(self, view: CFAView, name: str, images: torch.Tensor) -> torch.Tensor:
         """Eq. 5 anomaly map (B, h, w) of one view."""
-        phi = view.descriptor(self.backbone_features(self._view_input(view.name, images)))
+        phi = view.descriptor(self.backbone_features(self._view_input(name, images)))
         b, d, h, w = phi.shape
         flat = phi.permute(0, 2, 3, 1).reshape(-1, d)
-        scores = torch.cat([anomaly_score(nearest(chunk, view.bank, self.cfg.k))
-                            for chunk in flat.split(self.cfg.score_chunk)])
+        scores = torch.cat([anomaly_score(nearest(chunk, view.bank, self.config.k))
+                            for chunk in flat.split(self.config.score_chunk)])
         return scores.reshape(b, h, w)
 
     def predict_raw(self, images: torch.Tensor) -> RawPrediction:
-        if not self.views or any(v.bank is None for v in self.views.values()):
-            raise RuntimeError("CFA.predict before fit")
+        views = self.check_is_fitted().views
         with torch.no_grad():
-            if self.cfg.variant == "cfa":
-                return RawPrediction(maps=self._view_map(self.views["main"], images))
-            full = self._view_map(self.views["resized"], images)
-            crop = self._view_map(self.views["cropped"], images)
+            if self.config.variant == "cfa":
+                return RawPrediction(maps=self._view_map(views["main"], "main", images))
+            full = self._view_map(views["resized"], "resized", images)
+            crop = self._view_map(views["cropped"], "cropped", images)
         return RawPrediction(maps=align_and_average(full, crop, images.shape[-1], self._crop_size()))
-
-    # ---- persistence --------------------------------------------------------------------------------------------
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        if not self.views:
-            raise RuntimeError("CFA.save before fit")
-        out = {}
-        for name, view in self.views.items():
-            out.update({f"{name}.descriptor.{k}": v for k, v in view.descriptor.state_dict().items()})
-            out[f"{name}.radius"] = view.radius.r.detach()
-            out[f"{name}.bank"] = view.bank
-        return out
-
-    def build_info(self) -> dict[str, Any]:
-        any_view = next(iter(self.views.values()))
-        return {"views": list(self.views), "in_channels": any_view.descriptor.in_channels,
-                "out_channels": any_view.descriptor.out_channels, "feature_shapes": self.feature_shapes,
-                **self.memory_info()}
-
-    def load_state(self, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        names = info.get("views") or []
-        if names != self.view_names():
-            raise ModelFormatError(f"cfa: model file has views {names}, variant {self.cfg.variant!r} needs "
-                                   f"{self.view_names()}")
-        self.views = {}
-        for name in names:
-            view = self._new_view(name, int(info["in_channels"]))
-            prefix = f"{name}.descriptor."
-            try:
-                view.descriptor.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
-                                                 if k.startswith(prefix)})
-                view.radius.r.data.copy_(tensors[f"{name}.radius"])
-                view.bank = tensors[f"{name}.bank"].to(self.device).float()
-            except (KeyError, RuntimeError) as exc:
-                raise ModelFormatError(f"cfa: tensors of view {name!r} do not fit the architecture ({exc})") from None
-            view.descriptor.eval()
-            self.views[name] = view
-        self.feature_shapes = info.get("feature_shapes") or {}
-
-
-def align_and_average(full: torch.Tensor, crop: torch.Tensor, image_size: int, crop_size: int) -> torch.Tensor:
-    """CFA++: average the cropped view's map into the centre region it covers on the resized view's grid.
-
-    The crop starts at ``top`` pixels of the resized image; on a grid of h cells over ``image_size`` pixels that is
-    ``top * h / image_size`` cells, and the crop spans ``crop_size * h / image_size`` cells. Outside the crop only
-    the resized view has a score.
-    """
-    b, h, w = full.shape
-    top = int(round((image_size - crop_size) / 2.0))
-    y0, x0 = int(round(top * h / image_size)), int(round(top * w / image_size))
-    ch, cw = int(round(crop_size * h / image_size)), int(round(crop_size * w / image_size))
-    ch, cw = min(ch, h - y0), min(cw, w - x0)
-    if crop.shape[-2:] != (ch, cw):
-        crop = F.interpolate(crop[:, None], size=(ch, cw), mode="bilinear", align_corners=False)[:, 0]
-    out = full.clone()
-    out[:, y0:y0 + ch, x0:x0 + cw] = 0.5 * (full[:, y0:y0 + ch, x0:x0 + cw] + crop)
-    return out

@@ -13,20 +13,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from adcore.methods.common.patch_features import pool_channels
+
 #: Paper / Table 4 stage numbers (ResNet layer1..layer4) -> backbone stride.
 STAGE_STRIDES = {1: 4, 2: 8, 3: 16, 4: 32}
-
-
-def pool_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """1-D adaptive average pooling of each position's channel vector: (B, C_l, H, W) -> (B, channels, H, W).
-
-    Where C_l < channels, adaptive pooling repeats channels (it is still PyTorch's adaptive_avg_pool1d).
-    """
-    b, c, h, w = x.shape
-    if c == channels:
-        return x
-    # adaptive_avg_pool3d over (C, H, W) with H, W unchanged pools only the channel axis, without permutes.
-    return F.adaptive_avg_pool3d(x.unsqueeze(1), (channels, h, w)).squeeze(1)
 
 
 def fuse_levels(stages: Sequence[torch.Tensor], channels: int) -> torch.Tensor:

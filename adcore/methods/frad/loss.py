@@ -4,12 +4,8 @@ less affected by the concentration of Euclidean distances (the paper's reason fo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-
-def cosine_distance_map(z: torch.Tensor, z_hat: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Eq. 8 at every position: (B, C, H, W) x 2 -> (B, H, W), 0 for identical directions, 2 for opposite."""
-    return 1.0 - F.cosine_similarity(z, z_hat, dim=1, eps=eps)
+from adcore.methods.common.distances import cosine_distance_map
 
 
 def reconstruction_loss(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:

@@ -7,14 +7,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from adcore.methods.nnet.loss import cosine_distance
+from adcore.methods.common.distances import cosine_distance_map
 
 
 def stage_maps(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
     """1 - cos(a_i, b_i) per stage, bilinearly upsampled to ``size``: list of (B, h, w)."""
     out = []
     for x, y in zip(a, b, strict=True):
-        m = cosine_distance(x, y).unsqueeze(1)
+        m = cosine_distance_map(x, y).unsqueeze(1)
         out.append(F.interpolate(m, size=size, mode="bilinear", align_corners=False).squeeze(1))
     return out
 

@@ -13,23 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adcore.methods.nnet.ffc import Bottleneck
-
-
-class UpBottleneck(nn.Module):
-    """Bottleneck that doubles the resolution with 2x2 stride-2 transposed convolutions."""
-
-    def __init__(self, cin: int, cout: int, width: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(width, width, 2, 2, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
-        )
-        self.shortcut = nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, 2, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.body(x) + self.shortcut(x))
+from adcore.methods.common.blocks import Bottleneck
 
 
 class ReverseStudent(nn.Module):
@@ -43,7 +27,7 @@ class ReverseStudent(nn.Module):
         cin = in_channels
         for cout, n in zip(reversed(list(channels)), reversed(list(blocks))):  # deepest stage first
             width = max(16, cout // 2)
-            layers = [UpBottleneck(cin, cout, width)] + [Bottleneck(cout, cout, width) for _ in range(n - 1)]
+            layers = [Bottleneck(cin, cout, width, "up")] + [Bottleneck(cout, cout, width) for _ in range(n - 1)]
             self.stages.append(nn.Sequential(*layers))
             cin = cout
 

@@ -15,28 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def conv_bn_relu(cin: int, cout: int, stride: int = 2) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class Bottleneck(nn.Module):
-    """ResNet bottleneck block (1x1, 3x3, 1x1) with a projected shortcut when shape changes."""
-
-    def __init__(self, cin: int, cout: int, width: int, stride: int = 1) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
-        )
-        self.shortcut = (
-            nn.Identity() if cin == cout and stride == 1
-            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.body(x) + self.shortcut(x))
+from adcore.methods.common.blocks import Bottleneck, conv_bn_relu
 
 
 class FusionCompression(nn.Module):
@@ -54,14 +33,14 @@ class FusionCompression(nn.Module):
             while stride < deepest:
                 stride *= 2
                 cout = by_stride.get(stride, channels[-1])
-                steps.append(conv_bn_relu(cin, cout))
+                steps.append(conv_bn_relu(cin, cout, stride=2))
                 cin = cout
             self.scalers.append(nn.Sequential(*steps))
         self.fuse = fuse
         cat = channels[-1] * len(channels)
         self.mix = nn.Conv2d(cat, cat, 1) if fuse else nn.Identity()  # 1x1 channel fusion into F_E
         width = max(16, out_channels // 2)  # "wide" bottlenecks, as WRN50's (2048 -> width 1024)
-        layers = [Bottleneck(cat, out_channels, width, stride=2)]
+        layers = [Bottleneck(cat, out_channels, width, "down")]
         layers += [Bottleneck(out_channels, out_channels, width) for _ in range(blocks - 1)]
         self.compress = nn.Sequential(*layers)
 

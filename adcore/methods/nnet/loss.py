@@ -5,17 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-
-def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: 1 - cos of the channel vectors at every position, (B, C, H, W) x2 -> (B, H, W)."""
-    return 1.0 - F.cosine_similarity(a, b, dim=1)
+from adcore.methods.common.distances import cosine_distance_map
 
 
 def distill_loss(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
     """Eq. 1: sum over stages of the mean per-position cosine distance (also L_RKD, Eq. 4, and L_align, Eq. 3)."""
-    return sum(cosine_distance(x, y).mean() for x, y in zip(a, b, strict=True))
+    return sum(cosine_distance_map(x, y).mean() for x, y in zip(a, b, strict=True))
 
 
 def align_beta(epoch: int, align_epochs: int = 20) -> float:

@@ -8,43 +8,16 @@ nearest prototype P* (Eq. 1: the element-wise Euclidean distance of two scalars 
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
+
+from adcore.methods.common.distances import squared_distances
+from adcore.methods.common.kmeans import kmeans
 
 
 def n_prototypes(n_normal: int, ratio: float) -> int:
     """K = ratio x the number of normal images, rounded, at least 1 and at most n_normal."""
     return int(min(max(1, round(ratio * n_normal)), n_normal))
-
-
-def _sq_dists(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Squared L2 distances (N, K) between rows, computed blockwise without (N, K, D) intermediates."""
-    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ centres.T + centres.pow(2).sum(1)[None]).clamp_min_(0)
-
-
-@torch.no_grad()
-def kmeans(x: torch.Tensor, k: int, rng: np.random.Generator, max_iter: int = 300) -> tuple[torch.Tensor, int]:
-    """Lloyd's k-means on rows of ``x`` (N, D), initialised by sampling ``k`` distinct rows with ``rng``.
-
-    Returns the centres (k, D) and the number of iterations run. An empty cluster keeps its previous centre.
-    """
-    n = x.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"kmeans: k={k} must be in 1..{n}")
-    centres = x[torch.as_tensor(np.sort(rng.choice(n, size=k, replace=False)), device=x.device)].clone()
-    assign = None
-    it = 0
-    for it in range(1, max_iter + 1):
-        new = _sq_dists(x, centres).argmin(1)
-        if assign is not None and torch.equal(new, assign):
-            break
-        assign = new
-        sums = torch.zeros_like(centres).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).to(x.dtype)
-        filled = counts > 0
-        centres[filled] = sums[filled] / counts[filled, None]
-    return centres, it
 
 
 def fit_prototypes(features: list[torch.Tensor] | list[np.ndarray], ratio: float, rng: np.random.Generator,
@@ -56,7 +29,7 @@ def fit_prototypes(features: list[torch.Tensor] | list[np.ndarray], ratio: float
         n, shape = f.shape[0], tuple(f.shape[1:])
         k = n_prototypes(n, ratio)
         x = f.reshape(n, -1).to(device=device, dtype=torch.float32)
-        centres, it = kmeans(x, k, rng, max_iter)
+        centres, it = kmeans(x, k, init="sample", rng=rng, max_iter=max_iter)
         protos.append(centres.reshape(k, *shape).cpu())
         iters.append(it)
     return protos, iters
@@ -66,7 +39,7 @@ def residual(features: torch.Tensor, prototypes: torch.Tensor, chunk: int = 64) 
     """|F - P*| with P* the prototype nearest to each whole feature map in L2 (Eq. 1): (B, C, H, W)."""
     b = features.shape[0]
     flat_p = prototypes.reshape(prototypes.shape[0], -1)
-    nearest = torch.cat([_sq_dists(features[i:i + chunk].reshape(min(chunk, b - i), -1), flat_p).argmin(1)
+    nearest = torch.cat([squared_distances(features[i:i + chunk].reshape(min(chunk, b - i), -1), flat_p).argmin(1)
                          for i in range(0, b, chunk)]) if b else torch.zeros(0, dtype=torch.long)
     return (features - prototypes[nearest]).abs()
 

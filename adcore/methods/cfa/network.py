@@ -1,4 +1,4 @@
-"""CFA's patch features and patch descriptor (paper Sec. 3 and 4.1).
+"""CFA's network: per view, the patch descriptor phi, the radius r and the frozen memory bank (paper Sec. 3, 4.1).
 
 Patch features: each backbone stage (C2, C3, C4 = strides 4, 8, 16) is 3x3 average pooled so that every position
 sees its neighbourhood, upsampled to the largest map and concatenated (D channels). The descriptor phi is a 1x1
@@ -11,20 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def patch_features(stages: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stage maps (largest first) -> (B, D, H, W): 3x3 average pooling per stage, bilinear upsampling, concat."""
-    size = stages[0].shape[-2:]
-    out = []
-    for feat in stages:
-        feat = F.avg_pool2d(feat.float(), kernel_size=3, stride=1, padding=1)
-        if feat.shape[-2:] != size:
-            feat = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
-        out.append(feat)
-    return torch.cat(out, dim=1)
+from adcore.methods.common.patch_features import pooled_patch_features
 
 
 def add_coords(x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +51,7 @@ class PatchDescriptor(nn.Module):
         self.layer = CoordConv1x1(self.in_channels, self.out_channels)
 
     def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.layer(patch_features(stages))
+        return self.layer(pooled_patch_features(stages))
 
 
 class Radius(nn.Module):
@@ -74,3 +63,26 @@ class Radius(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.r
+
+
+class CFAView(nn.Module):
+    """One model of the ensemble (CFA has one, CFA++ two): descriptor, radius, and the memory bank as a buffer."""
+
+    def __init__(self, in_channels: int, gamma_d: int, r_init: float, bank_size: int = 0) -> None:
+        super().__init__()
+        self.descriptor = PatchDescriptor(in_channels, gamma_d)
+        self.radius = Radius(r_init)
+        self.register_buffer("bank", torch.zeros(bank_size, self.descriptor.out_channels))
+
+    bank: torch.Tensor
+
+
+class CFANetwork(nn.Module):
+    """Everything CFA learns or fits, one :class:`CFAView` per view name (``main``, or ``resized`` + ``cropped``)."""
+
+    def __init__(self, views: Sequence[str], in_channels: int, gamma_d: int, r_init: float,
+                 bank_sizes: dict[str, int] | None = None) -> None:
+        super().__init__()
+        sizes = bank_sizes or {}
+        self.views = nn.ModuleDict({name: CFAView(in_channels, gamma_d, r_init, sizes.get(name, 0))
+                                    for name in views})

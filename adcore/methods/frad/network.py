@@ -20,39 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adcore.methods.common.blocks import Bottleneck, conv_bn_relu
 from adcore.methods.frad.gfe import GlobalFeatureExtraction
-
-
-def _bn_act(channels: int) -> list[nn.Module]:
-    return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce -> 3x3 (``"down"``: stride 2; ``"up"``: 2x2 transposed conv, stride 2) -> 1x1 restore, residual."""
-
-    def __init__(self, in_ch: int, out_ch: int, mode: str = "same", reduction: int = 4) -> None:
-        super().__init__()
-        mid = max(1, out_ch // reduction)
-        if mode == "up":
-            middle: nn.Module = nn.ConvTranspose2d(mid, mid, 2, stride=2, bias=False)
-        else:
-            middle = nn.Conv2d(mid, mid, 3, stride=2 if mode == "down" else 1, padding=1, bias=False)
-        self.body = nn.Sequential(
-            nn.Conv2d(in_ch, mid, 1, bias=False), *_bn_act(mid),
-            middle, *_bn_act(mid),
-            nn.Conv2d(mid, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch),
-        )
-        if mode == "up":
-            self.shortcut: nn.Module = nn.Sequential(nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2, bias=False),
-                                                     nn.BatchNorm2d(out_ch))
-        elif mode == "down" or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=2 if mode == "down" else 1, bias=False),
-                                          nn.BatchNorm2d(out_ch))
-        else:
-            self.shortcut = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.body(x) + self.shortcut(x))
 
 
 def _match(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -61,16 +30,19 @@ def _match(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
                                                                       align_corners=False)
 
 
-class FeatureAutoencoder(nn.Module):
+class FRADNetwork(nn.Module):
+    """The feature autoencoder: z (B, C, H, W) -> its reconstruction, same shape."""
+
     def __init__(self, channels: int, width: int | None = None, *, gfe: bool = True, grid: int = 4,
                  reduction: int = 4, modules: int = 3, layers: int = 3) -> None:
         super().__init__()
         width = width or channels
         self.channels, self.width = channels, width
+        mid = max(1, width // reduction)
         self.encoder = nn.ModuleList()
         for i in range(modules):
-            first = Bottleneck(channels if i == 0 else width, width, "down", reduction)
-            self.encoder.append(nn.Sequential(first, *[Bottleneck(width, width, "same", reduction)
+            first = Bottleneck(channels if i == 0 else width, width, mid, "down")
+            self.encoder.append(nn.Sequential(first, *[Bottleneck(width, width, mid, "same")
                                                        for _ in range(layers - 1)]))
         self.gfe = GlobalFeatureExtraction(width, grid) if gfe else None
         bottom = self.gfe.out_channels if self.gfe is not None else width
@@ -79,10 +51,10 @@ class FeatureAutoencoder(nn.Module):
         for i in range(modules):
             in_ch = bottom if i == 0 else width
             ins = [in_ch] + [width] * (layers - 1)
-            blocks = [Bottleneck(c, width, "same", reduction) for c in ins[:-1]]
-            self.decoder.append(nn.Sequential(*blocks, Bottleneck(ins[-1], width, "up", reduction)))
+            blocks = [Bottleneck(c, width, mid, "same") for c in ins[:-1]]
+            self.decoder.append(nn.Sequential(*blocks, Bottleneck(ins[-1], width, mid, "up")))
             if i < modules - 1:  # skip from the encoder module at the same resolution, fused by a 1x1 conv
-                self.fuse.append(nn.Sequential(nn.Conv2d(2 * width, width, 1, bias=False), *_bn_act(width)))
+                self.fuse.append(conv_bn_relu(2 * width, width, kernel=1))
         self.head = nn.Conv2d(width, channels, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
