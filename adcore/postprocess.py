@@ -209,7 +209,9 @@ class ScoreNormalizer:
         span = float(values.max() - values.min())
         return float(np.quantile(values, quantile)), span if span > 0 else 1.0
 
-    def fit(self, val_image_scores: Any, val_pixel_values: Any | None = None, quantile: float = 0.99) -> ScoreNormalizer:
+    def fit(
+        self, val_image_scores: Any, val_pixel_values: Any | None = None, quantile: float = 0.99
+    ) -> ScoreNormalizer:
         """Store thresholds (the `quantile` of the validation values) and spans. Pixel values may be None."""
         if not 0.0 < quantile <= 1.0:
             raise DataError(f"ScoreNormalizer.fit: quantile must be in (0, 1], got {quantile}")
@@ -256,7 +258,7 @@ class ScoreNormalizer:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ModelFormatError(f"normalizer: key '{key}' must be a finite number, got {value!r}")
             setattr(self, key, float(value))
-        if self.image_span <= 0 or (self.pixel_span is not None and self.pixel_span <= 0):
+        if self.image_span is None or self.image_span <= 0 or (self.pixel_span is not None and self.pixel_span <= 0):
             raise ModelFormatError("normalizer: spans must be > 0")
         if (self.pixel_threshold is None) != (self.pixel_span is None):
             raise ModelFormatError("normalizer: 'pixel_threshold' and 'pixel_span' must both be set or both null")

@@ -39,7 +39,8 @@ def run_quickstart(output: str | Path, *, methods: Sequence[str] | None = None,
             model_dir = output / "models" / category / method
             t0 = time.perf_counter()
             result = train_model(run_settings, data_root, category, model_dir, options)
-            metrics = evaluate_model(model_dir, data_root, category, output / "eval" / category / method / "metrics.json")
+            metrics = evaluate_model(model_dir, data_root, category,
+                                     output / "eval" / category / method / "metrics.json")
             rows.append({"category": category, "method": method, "train_seconds": round(result.seconds, 1),
                          **{k: metrics.get(k) for k in (*METRIC_KEYS, "ms_per_image")},
                          "wall_seconds": round(time.perf_counter() - t0, 1)})

@@ -18,7 +18,6 @@ def evaluate(model_dir: str, data_root: str, category: str, output_dir: str, *, 
     from adcore.evaluation import evaluate_model, split_fingerprint
     from adcore.io import atomic_write_json, read_model_meta
     from adcore.metrics import METRIC_KEYS
-
     from components.tracking import model_fingerprint
 
     t0 = time.perf_counter()

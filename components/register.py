@@ -23,7 +23,6 @@ from typing import Any
 
 from adcore.errors import ConfigError, DataError
 from adcore.metrics import METRIC_KEYS
-
 from components import tracking as _tracking
 from components.tracking import MODEL_SHA_TAG, TrackingError, model_fingerprint, open_run
 

@@ -27,8 +27,8 @@ def train(method: str, data_root: str, category: str, output_dir: str, *, profil
     """
     from adcore.methods import resolve_settings
     from adcore.training import TrainOptions, train_model
-
-    from components.tracking import check_reachable, model_fingerprint, tracking_uri as _uri
+    from components.tracking import check_reachable, model_fingerprint
+    from components.tracking import tracking_uri as _uri
 
     extra = list(overrides or [])
     if seed >= 0:

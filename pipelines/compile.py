@@ -17,9 +17,8 @@ def compile_pipeline(output: str | Path = COMPILED, *, cpu_image: str = "", trai
     """Compile to ``output`` atomically and return its path."""
     from kfp import compiler
 
-    from pipelines.training import build_pipeline
-
     from adcore.io import atomic_path
+    from pipelines.training import build_pipeline
 
     output = Path(output)
     with atomic_path(output, suffix=".yaml") as tmp:  # kfp picks the format from the extension

@@ -251,3 +251,23 @@ def test_quickstart_trains_evaluates_and_summarises(tmp_path, capsys):
         assert (out / "models" / "tile" / method / "model.safetensors").is_file()
         assert (out / "eval" / "tile" / method / "roc.png").is_file()
     assert "| tile | patchcore |" in capsys.readouterr().out
+
+
+def test_not_fitted_model_is_one_line_and_exit_code_2(monkeypatch, tmp_path, capsys):
+    # A library caller's unfitted model reaching a command (here through predict) is a user error, not a traceback.
+    from adcore.errors import NotFittedError
+    from adcore.methods import create_model, resolve_settings
+
+    model = create_model(resolve_settings("patchcore", "cpu", None, ["backbone.name=resnet18",
+                                                                     "backbone.weights=random"]))
+
+    def predict_files(model_dir, images, output, device=None):
+        model.predict(__import__("torch").zeros(1, 3, 32, 32))
+        yield {}
+
+    monkeypatch.setattr("adcore.predict.predict_files", predict_files)
+    assert main(["predict", "--model", str(tmp_path), "--output", str(tmp_path / "p"), "x.png"]) == 2
+    line = _one_error_line(capsys, "predict")
+    assert line.endswith("patchcore: the model is not fitted; call fit(data) or load a saved model with "
+                         "adcore.methods.load_model(path)")
+    assert issubclass(NotFittedError, RuntimeError)

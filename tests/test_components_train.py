@@ -36,7 +36,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted(demo_root, tmp_path, capsy
 
     a = load_tensors(tmp_path / "full" / "model.safetensors")
     b = load_tensors(tmp_path / "resumed" / "model.safetensors")
-    assert a.keys() == b.keys() and any(k.startswith("method.") for k in a)
+    assert a.keys() == b.keys() and any(k.startswith("network.") for k in a)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
     hist = [json.loads((tmp_path / d / "model.json").read_text())["fit_info"]["history"] for d in ("full", "resumed")]
@@ -45,4 +45,4 @@ def test_stopped_and_resumed_run_equals_uninterrupted(demo_root, tmp_path, capsy
                                                                          if k != "epoch_seconds"}
 
     # the comparison is not vacuous: the model saved when the job stopped after one epoch differs
-    assert any(not torch.equal(after_one[k], a[k]) for k in a if k.startswith("method."))
+    assert any(not torch.equal(after_one[k], a[k]) for k in a if k.startswith("network."))

@@ -17,8 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adcore.bench.report import (BELOW_FLOOR_NOTE, PEAK_MEMORY_NOTE, TIMING_NOTE, bench_table, consistency_checks,
-                                 markdown_report)
+from adcore.bench.report import (
+    BELOW_FLOOR_NOTE,
+    PEAK_MEMORY_NOTE,
+    TIMING_NOTE,
+    bench_table,
+    consistency_checks,
+    markdown_report,
+)
 from adcore.bench.timing import DEFAULT_TIMING_ROUNDS, MIN_TIMING_ROUNDS
 from adcore.environment import environment_record
 from adcore.errors import ConfigError

@@ -28,10 +28,10 @@ def load_timing_images(model, data_root, category: str, n: int):
 
     from adcore.data.dataset import ImageDataset
     from adcore.data.mvtec import load_category
+    from adcore.evaluation import exclude_seen
 
     cat = load_category(data_root, category, check_images=False)
-    seen = set(model.fit_info.get("seen_anomalies") or [])
-    test = [s for s in cat.test if str(s.path) not in seen][:n]
+    test = exclude_seen(cat.test, model.fit_info.get("seen_anomalies") or [])[:n]
     ds = ImageDataset(test, model.make_transform())
     return torch.stack([ds[i]["image"] for i in range(len(ds))])
 
@@ -122,7 +122,7 @@ def summarise(s: dict[str, list], b: int) -> dict[str, Any]:
 
 def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
     """Per-round ratios; a zero denominator (a CPU clock too coarse to see the call) counts as one nanosecond."""
-    return [p / max(q, 1e-9) for p, q in zip(numerators, denominators)]
+    return [p / max(q, 1e-9) for p, q in zip(numerators, denominators, strict=True)]
 
 
 def iqr(values: Sequence[float]) -> float:

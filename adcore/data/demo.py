@@ -98,7 +98,8 @@ def _blob_region(rng: np.random.Generator, size: int, centre: tuple[float, float
         r += wobble / k * np.cos(k * t + rng.uniform(0, 2 * np.pi))
     sx, sy = rng.uniform(0.75, 1.25), rng.uniform(0.75, 1.25)
     cx, cy = centre
-    poly = [(cx + radius * sx * ri * np.cos(ti), cy + radius * sy * ri * np.sin(ti)) for ri, ti in zip(r, t)]
+    poly = [(cx + radius * sx * ri * np.cos(ti), cy + radius * sy * ri * np.sin(ti))
+            for ri, ti in zip(r, t, strict=True)]
     return _region(size, lambda d: d.polygon(poly, fill=255))
 
 

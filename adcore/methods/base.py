@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -98,8 +98,16 @@ def seed_everything(seed: int, epoch: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-class AnomalyModel(ABC):
-    """Base of every method. Subclasses set the class attributes and implement the abstract methods."""
+#: The type of a method's ``self.network`` (what its :meth:`AnomalyModel.build_network` returns).
+NetT = TypeVar("NetT", bound=nn.Module)
+
+
+class AnomalyModel(ABC, Generic[NetT]):
+    """Base of every method. Subclasses set the class attributes and implement the abstract methods.
+
+    Parameterised by the method's network class (``class PatchCore(AnomalyModel[PatchCoreNetwork])``), so
+    :meth:`check_is_fitted` and :meth:`new_network` return that type.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
@@ -123,9 +131,9 @@ class AnomalyModel(ABC):
             self.backbone: FeatureExtractor = build_backbone(
                 settings.backbone, self.backbone_strides(), load_weights=load_weights
             ).to(self.device)
-        self.network: nn.Module | None = None
+        self.network: NetT | None = None
         self.build_info: dict[str, Any] = {}
-        self.normalizer: dict[str, float] | None = None
+        self.normalizer: dict[str, float | None] | None = None
         self.fit_info: dict[str, Any] = {}
 
     # ---- what a method implements -------------------------------------------------------------------------------
@@ -134,7 +142,7 @@ class AnomalyModel(ABC):
         return self.feature_strides
 
     @abstractmethod
-    def build_network(self, info: dict[str, Any]) -> nn.Module:
+    def build_network(self, info: dict[str, Any]) -> NetT:
         """The method's network (untrained) from JSON build info: everything shapes depend on."""
 
     @abstractmethod
@@ -170,7 +178,7 @@ class AnomalyModel(ABC):
         self.check_is_fitted().eval()
         return self
 
-    def new_network(self, info: dict[str, Any], *, reseed: bool = True) -> nn.Module:
+    def new_network(self, info: dict[str, Any], *, reseed: bool = True) -> NetT:
         """Build, place and keep ``self.network`` from ``info``. ``reseed``: initialise from the run's seed alone
         (the same settings give the same initial weights); otherwise draw from the RNG as ``fit`` seeded it."""
         if reseed:
@@ -183,7 +191,7 @@ class AnomalyModel(ABC):
         self.network = network.to(self.device)
         return self.network
 
-    def check_is_fitted(self) -> nn.Module:
+    def check_is_fitted(self) -> NetT:
         """The fitted network; :class:`NotFittedError` when :meth:`fit` has not run and no model was loaded."""
         if self.network is None:
             raise NotFittedError(f"{self.name}: the model is not fitted; call fit(data) or load a saved model "
@@ -278,7 +286,7 @@ class AnomalyModel(ABC):
         images = images.to(self.device, non_blocking=True)
         raw = self.predict_raw(images)
         sigma = self.blur_sigma if self.blur_sigma is not None else self.settings.postprocess.blur_sigma
-        maps = anomaly_maps_to_input(raw.maps.float(), tuple(images.shape[-2:]), sigma)
+        maps = anomaly_maps_to_input(raw.maps.float(), (images.shape[-2], images.shape[-1]), sigma)
         scores = raw.scores.float() if raw.scores is not None else self.image_score(maps)
         maps, scores = maps.cpu(), scores.cpu()
         if normalize:

@@ -16,8 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adcore.config import (PROFILES, SHARED_SECTIONS, Profile, RunConfig, apply_overrides, deep_merge, load_params,
-                           validate_section)
+from adcore.config import (
+    PROFILES,
+    SHARED_SECTIONS,
+    Profile,
+    RunConfig,
+    apply_overrides,
+    deep_merge,
+    load_params,
+    validate_section,
+)
 from adcore.errors import ConfigError
 from adcore.methods.registry import get_method, method_names
 

@@ -30,7 +30,7 @@ def shape_mask(size: int, kind: str, centre: tuple[float, float], radius: float,
         n = int(rng.integers(3, 9))
         angles = np.sort(rng.uniform(0, 2 * np.pi, size=n))
         radii = radius * rng.uniform(0.4, 1.0, size=n)
-        draw.polygon([(x + r * np.cos(a), y + r * np.sin(a)) for a, r in zip(angles, radii)], fill=255)
+        draw.polygon([(x + r * np.cos(a), y + r * np.sin(a)) for a, r in zip(angles, radii, strict=True)], fill=255)
     else:
         raise ValueError(f"shape {kind!r}: expected one of {SHAPES}")
     return np.asarray(canvas) > 0

@@ -17,7 +17,6 @@ from typing import Any
 
 from adcore.errors import DataError
 from adcore.io import atomic_write_stream
-
 from components.fetch.paths import resolve_inside, safe_relpath
 
 

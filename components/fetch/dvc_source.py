@@ -6,7 +6,6 @@ import re
 from pathlib import Path, PurePosixPath
 
 from adcore.errors import ConfigError, DataError
-
 from components.fetch.paths import safe_relpath
 from components.fetch.sources import RemoteFile
 
@@ -20,7 +19,7 @@ def list_dvc(repo: str, path: str, rev: str) -> list[RemoteFile]:
     where = f"{repo}:{path}@{rev or 'HEAD'}"
     try:
         fs = DVCFileSystem(repo, rev=rev or None)
-        fs.repo  # opens (or clones) the repository at ``rev`` now, so a bad URL or revision fails here
+        _ = fs.repo  # opens (or clones) the repository at ``rev`` now, so a bad URL or revision fails here
         path = path.strip("/") or "/"
         if not fs.exists(path):
             raise DataError(f"{where}: path not found in the repository at that revision")

@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from adcore.io import atomic_path, atomic_write_json
-
 from components.fetch.archives import archive_members, extract_members
 from components.fetch.paths import MANIFEST_FILE, resolve_inside
 from components.fetch.sources import DOWNLOAD_THREADS, RemoteFile, list_source, source_kind

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from adcore.errors import ConfigError, DataError
-
 from components.fetch.paths import safe_relpath
 from components.fetch.sources import DOWNLOAD_THREADS, RemoteFile
 

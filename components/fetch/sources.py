@@ -13,7 +13,6 @@ from pathlib import Path
 
 from adcore.errors import DataError
 from adcore.io import file_digests
-
 from components.fetch.paths import is_dataset_file
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from adcore.io import atomic_write_json, file_digests
-
 from components.fetch.paths import is_dataset_file
 
 STATE_FILE = ".adcore-fetch.json"

@@ -43,7 +43,7 @@ class CFAConfig(Section):
 
 
 @register
-class CFA(AnomalyModel):
+class CFA(AnomalyModel[CFANetwork]):
     """CFA / CFA++ with the Table 5 ablation switches.
 
     Paper profile: WideResNet-50-2 (hub weights), C2-C4 (strides 4, 8, 16), resize 256 + centre crop 224, batch 4,

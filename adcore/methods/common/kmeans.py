@@ -30,7 +30,7 @@ def kmeans(x: torch.Tensor, k: int, *, init: Literal["sample", "k-means++"] = "s
         centres = _kmeans_plus_plus(x, k, rng)
     assign = None
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007  (it is used after the loop: the iteration count returned)
         new = squared_distances(x, centres).argmin(1)
         if assign is not None and torch.equal(new, assign):
             break

@@ -53,7 +53,7 @@ class FRADConfig(Section):
 
 
 @register
-class FRAD(AnomalyModel):
+class FRAD(AnomalyModel[FRADNetwork]):
     """Feature reconstruction anomaly detection.
 
     Profiles: ``paper`` follows section 2.3 (WRN50-2 from the timm hub, stages 2 and 3, C = 512, input 256, Adam

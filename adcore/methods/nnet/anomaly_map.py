@@ -29,7 +29,7 @@ def combine(reverse: Sequence[torch.Tensor] | None, forward: Sequence[torch.Tens
         if len(reverse) != len(forward):
             raise ValueError("combine: both branches need the same number of stages")
         out = torch.ones_like(reverse[0])
-        for m_rev, m_fwd in zip(reverse, reversed(list(forward))):
+        for m_rev, m_fwd in zip(reverse, reversed(list(forward)), strict=True):
             out = out * (m_rev + m_fwd)
         return out
     maps = reverse if reverse is not None else forward

@@ -25,7 +25,7 @@ class ReverseStudent(nn.Module):
             raise ValueError(f"decoder blocks {list(blocks)}: need one count per teacher stage ({len(channels)})")
         self.stages = nn.ModuleList()
         cin = in_channels
-        for cout, n in zip(reversed(list(channels)), reversed(list(blocks))):  # deepest stage first
+        for cout, n in zip(reversed(list(channels)), reversed(list(blocks)), strict=True):  # deepest stage first
             width = max(16, cout // 2)
             layers = [Bottleneck(cin, cout, width, "up")] + [Bottleneck(cout, cout, width) for _ in range(n - 1)]
             self.stages.append(nn.Sequential(*layers))
@@ -34,7 +34,7 @@ class ReverseStudent(nn.Module):
     def forward(self, x: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
         """``sizes``: the teacher's spatial sizes, shallow to deep (outputs are resized on odd input sizes)."""
         outs = []
-        for stage, size in zip(self.stages, reversed(list(sizes))):
+        for stage, size in zip(self.stages, reversed(list(sizes)), strict=True):
             x = stage(x)
             if x.shape[-2:] != tuple(size):
                 x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -26,9 +26,9 @@ class FusionCompression(nn.Module):
         super().__init__()
         channels, strides = list(channels), list(strides)
         deepest = strides[-1]
-        by_stride = dict(zip(strides, channels))
+        by_stride = dict(zip(strides, channels, strict=True))
         self.scalers = nn.ModuleList()
-        for c, s in zip(channels[:-1], strides[:-1]):
+        for c, s in zip(channels[:-1], strides[:-1], strict=True):
             steps, cin, stride = [], c, s
             while stride < deepest:
                 stride *= 2
@@ -46,7 +46,7 @@ class FusionCompression(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         size = feats[-1].shape[-2:]
-        scaled = [self._fit(scaler(f), size) for scaler, f in zip(self.scalers, feats[:-1])] + [feats[-1]]
+        scaled = [self._fit(scaler(f), size) for scaler, f in zip(self.scalers, feats[:-1], strict=True)] + [feats[-1]]
         if self.fuse:  # Eq. 6, deep to shallow
             for i in range(len(scaled) - 1, 0, -1):
                 scaled[i - 1] = scaled[i] + scaled[i - 1]

@@ -56,7 +56,7 @@ class NNetConfig(Section):
 
 
 @register
-class NNet(AnomalyModel):
+class NNet(AnomalyModel[NNetNetwork]):
     """N-Net, bidirectional constrained distillation.
 
     Profiles: ``paper`` follows section 4.1 (WRN50-2 teacher from the timm hub, layer1..layer3; random WRN50-2

@@ -43,7 +43,7 @@ class NNetNetwork(nn.Module):
         if not self.use_fpm:
             return list(feats)
         modules = self.fpm_t if which == "teacher" else self.fpm_s
-        return [m(f) for m, f in zip(modules, feats)]
+        return [m(f) for m, f in zip(modules, feats, strict=True)]
 
     def forward(self, teacher: list[torch.Tensor], images: torch.Tensor | None) -> dict[str, Any]:
         out: dict[str, Any] = {"F": teacher}
@@ -58,7 +58,10 @@ class NNetNetwork(nn.Module):
                 f3, weights = self.nfs(f3)
             if self.use_fpm:
                 # P_1, P_2 are shared with the forward branch; P_3 here is FPM_T of the recalled F'_3.
-                shallow = out["P"][:-1] if "P" in out else [m(f) for m, f in zip(self.fpm_t[:-1], teacher[:-1])]
+                if "P" in out:
+                    shallow = out["P"][:-1]
+                else:
+                    shallow = [m(f) for m, f in zip(self.fpm_t[:-1], teacher[:-1], strict=True)]
                 adapted = [*shallow, self.fpm_t[-1](f3)]
             else:
                 adapted = [*teacher[:-1], f3]

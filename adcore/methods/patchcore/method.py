@@ -40,7 +40,7 @@ class PatchCoreConfig(Section):
 
 
 @register
-class PatchCore(AnomalyModel):
+class PatchCore(AnomalyModel[PatchCoreNetwork]):
     """PatchCore: a memory bank of locally aware patch features, coreset-subsampled; scores are NN distances."""
 
     name = "patchcore"

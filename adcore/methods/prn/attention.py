@@ -65,7 +65,7 @@ class MultiSizeAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = tuple(x.shape[-2:])
         heads = []
-        for p, qkv in zip(self.sizes, self.qkv):
+        for p, qkv in zip(self.sizes, self.qkv, strict=True):
             q, k, v = qkv(x).chunk(3, dim=1)
             (tq, padded), (tk, _), (tv, _) = _to_tokens(q, p), _to_tokens(k, p), _to_tokens(v, p)
             attn = torch.softmax(tq @ tk.transpose(1, 2) / tq.shape[-1], dim=-1)  # Eq. 3: divided by c^s

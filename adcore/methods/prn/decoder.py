@@ -29,7 +29,9 @@ class Decoder(nn.Module):
         self.skip_blocks = nn.ModuleList()
         cin = 0
         for i, skip in enumerate(coarse_first):
-            self.skip_blocks.append(nn.Sequential(conv_bn_relu(cin + skip, channels[i]), conv_bn_relu(channels[i], channels[i])))
+            self.skip_blocks.append(
+                nn.Sequential(conv_bn_relu(cin + skip, channels[i]), conv_bn_relu(channels[i], channels[i]))
+            )
             cin = channels[i]
         self.extra_blocks = nn.ModuleList()
         for i in range(n_skip, n_skip + n_extra):
@@ -39,7 +41,7 @@ class Decoder(nn.Module):
 
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
         x = None
-        for block, skip in zip(self.skip_blocks, skips[::-1]):
+        for block, skip in zip(self.skip_blocks, skips[::-1], strict=True):
             if x is not None:
                 x = torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1)
             else:

@@ -89,7 +89,7 @@ class PRNConfig(Section):
 
 
 @register
-class PRN(AnomalyModel):
+class PRN(AnomalyModel[PRNNetwork]):
     name = "prn"
     Config = PRNConfig
     feature_strides = (4, 8, 16)
@@ -118,7 +118,8 @@ class PRN(AnomalyModel):
         return image_score_topk_mean(maps, 100)
 
     def _kinds(self) -> list[str]:
-        return [k for k, on in (("ea", self.config.use_ea), ("hea", self.config.use_hea), ("hoa", self.config.use_hoa)) if on]
+        flags = (("ea", self.config.use_ea), ("hea", self.config.use_hea), ("hoa", self.config.use_hoa))
+        return [k for k, on in flags if on]
 
     # ---- training -----------------------------------------------------------------------------------------------
     def fit_network(self, features, data: FitData, options: TrainOptions) -> None:
@@ -188,7 +189,7 @@ class PRN(AnomalyModel):
                     x = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
                     with torch.no_grad():
                         extra = self.backbone((x - mean) / std)
-                    batch = [torch.cat([a, b.float()]) for a, b in zip(batch, extra)]
+                    batch = [torch.cat([a, b.float()]) for a, b in zip(batch, extra, strict=True)]
                     target[len(idx):, 0] = torch.from_numpy(np.stack(masks)).to(self.device).float()
                 logits = net(batch)
                 if target.shape[-2:] != logits.shape[-2:]:

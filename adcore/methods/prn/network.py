@@ -37,9 +37,9 @@ class PRNNetwork(nn.Module):
         skip = [width or c for c in joined]
         self.inputs = nn.ModuleList([
             nn.Sequential(nn.Conv2d(cj, sj, 1, bias=False), nn.BatchNorm2d(sj), nn.ReLU(inplace=True)) if width
-            else nn.BatchNorm2d(cj) for cj, sj in zip(joined, skip)])
+            else nn.BatchNorm2d(cj) for cj, sj in zip(joined, skip, strict=True)])
         self.msa = nn.ModuleList([MSAStack(s, h, msa_dim or max(8, s // 4), msa_depth if use_msa else 0)
-                                  for s, h in zip(skip, heights)])
+                                  for s, h in zip(skip, heights, strict=True)])
         self.mf_out = MultiScaleFusion(skip, use_mf)
         self.decoder = Decoder(skip, decoder_channels, output_stride)
 
@@ -52,8 +52,8 @@ class PRNNetwork(nn.Module):
         if self.use_mp:
             with torch.no_grad():  # prototypes are fixed: the residual needs no gradient
                 res = [residual(f, self.prototypes(j)) for j, f in enumerate(feats)]
-            joined = [torch.cat([a, b], 1) for a, b in zip(fused, self.mf_residuals(res))]
+            joined = [torch.cat([a, b], 1) for a, b in zip(fused, self.mf_residuals(res), strict=True)]
         else:
             joined = fused
-        t = [msa(inp(x)) for msa, inp, x in zip(self.msa, self.inputs, joined)]
+        t = [msa(inp(x)) for msa, inp, x in zip(self.msa, self.inputs, joined, strict=True)]
         return self.decoder(self.mf_out(t))
