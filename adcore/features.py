@@ -146,5 +146,6 @@ class FeatureCache:
                 pos += b
         if out_dir is not None:
             for arr in stages:
-                arr.flush()
+                if isinstance(arr, np.memmap):  # always, with an out_dir
+                    arr.flush()
         return stages

@@ -39,7 +39,7 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 
 @contextmanager
-def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` for a writer that wants a file name (a downloader, a compiler); it
     replaces ``path`` only if the block completes. ``suffix``: for writers that check the extension."""
     path = Path(path)
@@ -56,7 +56,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

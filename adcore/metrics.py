@@ -40,7 +40,7 @@ __all__ = [
 #: The headline metrics of an evaluation (keys of compute_all's result); higher is better for every one.
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap", "image_f1_max", "pixel_f1_max")
 
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 only has trapz
+_trapezoid = np.trapezoid  # numpy >= 2 (pinned); np.trapz, its old name, is gone since numpy 2.4
 
 # 8-connectivity inside each image, none across the stack axis: one ndimage.label call labels all images.
 _STRUCTURE_8 = np.zeros((3, 3, 3), dtype=bool)

@@ -69,4 +69,4 @@ def _heatmap_names(paths: Sequence[Path]) -> list[str]:
 
 def _minmax(x: torch.Tensor) -> torch.Tensor:
     lo, hi = float(x.min()), float(x.max())
-    return (x - lo) / (hi - lo + np.finfo(np.float32).eps)
+    return (x - lo) / float(hi - lo + np.finfo(np.float32).eps)

@@ -228,7 +228,7 @@ def plot_score_histogram(
     ax = fig.add_subplot()
     for sel, name, color in ((~y, "normal", "tab:green"), (y, "anomalous", "tab:red")):
         if sel.any():
-            ax.hist(s[sel], bins=bins, alpha=0.55, color=color, label=f"{name} (n={int(sel.sum())})")
+            ax.hist(s[sel], bins=bins.tolist(), alpha=0.55, color=color, label=f"{name} (n={int(sel.sum())})")
     if threshold is not None:
         ax.axvline(float(threshold), color="black", ls="--", lw=1.5, label=f"threshold {float(threshold):.4g}")
     ax.set(xlabel="anomaly score", ylabel="count")

@@ -14,6 +14,8 @@ def extract_features(data_root: str, category: str, cache_dir: str, *, method: s
                      profile: str = "", params: str = "", overrides: list[str] | None = None,
                      progress: bool = False) -> dict[str, Any]:
     """Extract (or find) the cached features of ``category``'s training images; returns the entry's key."""
+    from pathlib import Path
+
     from adcore.data.mvtec import load_category, train_val_split
     from adcore.methods import create_model, resolve_settings
     from adcore.methods.base import FitData, TrainOptions
@@ -25,7 +27,7 @@ def extract_features(data_root: str, category: str, cache_dir: str, *, method: s
     model = create_model(settings)
     data = FitData(train=train, val=[], transform=model.make_transform(), category_name=cat.name)
     # The method's own reading of its training features: every view it will ask for (CFA++'s crop too).
-    found = model.training_features(data, TrainOptions(cache_dir=cache_dir, progress=progress))
+    found = model.training_features(data, TrainOptions(cache_dir=Path(cache_dir), progress=progress))
     entries = list(found.values()) if isinstance(found, dict) else [found]
     return {"cache_dir": str(cache_dir), "key": entries[0].key, "keys": [e.key for e in entries],
             "n_images": len(entries[0]), "stages": [list(s.shape[1:]) for s in entries[0].stages],

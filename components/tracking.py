@@ -173,7 +173,7 @@ def log_training(result, *, category: str, method: str, data_root: str, run_id: 
                   saved=model_dir) as run:
         run.set_tags({MODEL_SHA_TAG: sha, "category": category, "method": method, "device": result.device,
                       "model_dir": str(model_dir)})
-        params = flatten(result.config.to_dict())
+        params: dict[str, Any] = flatten(result.config.to_dict())
         params.update({"category": category, "data_root": str(data_root)})
         environment = environment_record(result.device)
         params.update({f"env.{k}": v for k, v in environment.items()})

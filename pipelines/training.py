@@ -26,7 +26,7 @@ inner item for the outer one).
 """
 
 import os
-from typing import Callable, List, NamedTuple
+from typing import Callable, List, NamedTuple, no_type_check
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
@@ -101,6 +101,10 @@ def plan_op(category: str, methods: List[str]) -> List[dict]:
     return [{"category": category, "method": method} for method in methods]
 
 
+# kfp reads the outputs from the functional NamedTuple("...", [...]) return annotation (and the body builds it with
+# namedtuple(...)(...)), forms mypy rejects. The source kfp embeds in the YAML starts at ``def`` and would change
+# with an inline "type: ignore", so the decorator (which kfp drops) keeps mypy out of this one function instead.
+@no_type_check
 def train_op(dataset: Input[Dataset], cache: Input[Artifact], category: str, method: str, profile: str,
              overrides: List[str], experiment: str,
              model: Output[Model]) -> NamedTuple("TrainOutputs", [("run_id", str), ("device", str)]):

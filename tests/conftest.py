@@ -101,3 +101,29 @@ def s3_endpoint():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+def fit_and_auroc(demo_root):
+    """``fit_and_auroc(settings, category) -> (model, image AUROC)``: fit on a demo category's train/good, score
+    its test split. The demo-accuracy checks of every method go through it."""
+    from adcore.data.dataset import make_loader
+    from adcore.data.mvtec import load_category
+    from adcore.methods import create_model
+    from adcore.methods.base import FitData, TrainOptions
+    from adcore.metrics import image_auroc
+
+    def run(settings, category: str = "tile"):
+        import torch
+
+        model = create_model(settings)
+        cat = load_category(demo_root, category)
+        transform = model.make_transform()
+        model.fit(FitData(train=cat.train, val=[], transform=transform), TrainOptions(progress=False))
+        scores, labels = [], []
+        for batch in make_loader(cat.test, transform, batch_size=16):
+            scores.append(model.predict(batch["image"]).scores)
+            labels.append(batch["label"])
+        return model, image_auroc(torch.cat(scores).numpy(), torch.cat(labels).numpy())
+
+    return run

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from adcore.config import PROFILES, RunConfig, deep_merge, parse_override
+from adcore.errors import ConfigError
 from adcore.methods import resolve_settings as resolve
 from adcore.methods import settings_from_dict
 from adcore.methods.patchcore import PatchCoreConfig
-from adcore.errors import ConfigError
 
 
 def test_cpu_and_paper_profiles_differ_where_the_papers_say():

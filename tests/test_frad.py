@@ -9,7 +9,6 @@ import torch
 
 from adcore.errors import ConfigError
 from adcore.methods import create_model, resolve_settings
-from adcore.methods.base import FitData, TrainOptions
 from adcore.methods.frad.extractor import fuse_levels
 from adcore.methods.frad.gfe import GlobalFeatureExtraction
 from adcore.methods.frad.loss import reconstruction_loss, total_loss
@@ -111,27 +110,16 @@ def test_autoencoder_output_matches_input(size):
 def test_config_switches_and_stage_choice():
     cfg = resolve_settings("frad", "paper", None, ["method.frad.stages=[1,2,3]"])
     assert cfg.method.channels == 512 and cfg.method.epochs == 100 and cfg.method.betas == (0.5, 0.999)
-    model = create_model(resolve_settings("frad", "cpu", None, TINY + ["method.frad.stages=[3,1]", "method.frad.gfe=false"]))
+    model = create_model(resolve_settings("frad", "cpu", None,
+                                          TINY + ["method.frad.stages=[3,1]", "method.frad.gfe=false"]))
     assert model.backbone.strides == (4, 16) and model.build_network({}).gfe is None
     with pytest.raises(ConfigError, match="method.frad.stages"):
         resolve_settings("frad", "cpu", None, ["method.frad.stages=[5]"])
 
 
 # ---- a real run on the demo data ---------------------------------------------------------------------------------
-def test_demo_run_detects_anomalies(demo_root):
-    from adcore.data.dataset import make_loader
-    from adcore.data.mvtec import load_category
-    from adcore.metrics import image_auroc
-
-    category = load_category(demo_root, "tile")
-    config = resolve_settings("frad", "cpu", None, ["data.image_size=128", "method.frad.epochs=8",
-                                               "method.frad.batch_size=8", "train.device=cpu"])
-    model = create_model(config)
-    transform = model.make_transform()
-    model.fit(FitData(train=category.train, val=[], transform=transform), TrainOptions(progress=False))
-    scores, labels = [], []
-    for batch in make_loader(category.test, transform, batch_size=16):
-        scores.append(model.predict(batch["image"]).scores)
-        labels.append(batch["label"])
-    auroc = image_auroc(torch.cat(scores).numpy(), torch.cat(labels).numpy())
+def test_demo_run_detects_anomalies(fit_and_auroc):
+    settings = resolve_settings("frad", "cpu", None, ["data.image_size=128", "method.frad.epochs=8",
+                                                      "method.frad.batch_size=8", "train.device=cpu"])
+    _, auroc = fit_and_auroc(settings, "tile")
     assert auroc > 0.7, auroc

@@ -3,12 +3,10 @@ seeding: tests/test_method_contract.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from adcore.methods import create_model, resolve_settings
-from adcore.methods.base import FitData, TrainOptions
 from adcore.methods.nnet.anomaly_map import combine, stage_maps
 from adcore.methods.nnet.ffc import FusionCompression
 from adcore.methods.nnet.fpm import FeatureProjection
@@ -113,20 +111,8 @@ def test_branches_and_switches_build(branch):
     assert maps.shape == (2, 16, 16) and torch.isfinite(maps).all()
 
 
-def test_demo_run_clearly_above_chance(demo_root):
-    from adcore.data.dataset import make_loader
-    from adcore.data.mvtec import load_category
-    from adcore.metrics import image_auroc
-
+def test_demo_run_clearly_above_chance(fit_and_auroc):
     # Offline Lite0 weights ship with the package dependency; a missing package is an error, never a skip.
-    config = resolve_settings("nnet", "cpu", None, ["data.image_size=64", "method.nnet.epochs=10", "train.seed=0"])
-    model = create_model(config)
-    cat = load_category(demo_root, "tile")
-    transform = model.make_transform()
-    model.fit(FitData(train=cat.train, val=[], transform=transform), TrainOptions(progress=False))
-    scores, labels = [], []
-    for batch in make_loader(cat.test, transform, batch_size=16):
-        scores.append(model.predict(batch["image"]).scores)
-        labels.append(batch["label"])
-    auroc = image_auroc(torch.cat(scores).numpy(), torch.cat(labels).numpy())
+    settings = resolve_settings("nnet", "cpu", None, ["data.image_size=64", "method.nnet.epochs=10", "train.seed=0"])
+    _, auroc = fit_and_auroc(settings, "tile")
     assert auroc > 0.7, auroc

@@ -11,9 +11,9 @@ from adcore.data.mvtec import load_category, read_image, split_seen_anomalies
 from adcore.methods import create_model, load_model, resolve_settings
 from adcore.methods.base import FitData, TrainOptions, seed_everything
 from adcore.methods.prn.attention import MultiSizeAttention, patch_sizes
-from adcore.methods.prn.network import PRNNetwork
 from adcore.methods.prn.fusion import MultiScaleFusion
 from adcore.methods.prn.loss import focal_loss, prn_loss
+from adcore.methods.prn.network import PRNNetwork
 from adcore.methods.prn.prototypes import fit_prototypes, n_prototypes, residual
 
 TINY = ["backbone.weights=random", "data.image_size=64", "method.prn.epochs=2", "method.prn.steps_per_epoch=2",

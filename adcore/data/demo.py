@@ -41,7 +41,7 @@ def _grid(size: int) -> tuple[Array, Array]:
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> Array:
     """Band-limited noise in about [-1, 1]: a coarse random grid upsampled bicubically."""
     coarse = rng.normal(0.0, 1.0, (cells + 3, cells + 3)).astype(np.float32)
-    big = Image.fromarray(coarse).resize((size * (cells + 3) // cells,) * 2, Image.BICUBIC)
+    big = Image.fromarray(coarse).resize((size * (cells + 3) // cells,) * 2, Image.Resampling.BICUBIC)
     off = size // (2 * cells)
     return np.asarray(big, dtype=np.float32)[off:off + size, off:off + size] / 1.5
 
@@ -171,7 +171,7 @@ _RENDERERS = {"tile": _render_tile, "widget": _render_widget}
 def _place(rng: np.random.Generator, scene: dict, size: int) -> tuple[float, float]:
     """A defect centre: inside the middle of a texture, or on the flange of the part."""
     if "centre" not in scene:
-        return tuple(rng.uniform(0.22, 0.78, 2) * size)  # type: ignore[return-value]
+        return tuple(rng.uniform(0.22, 0.78, 2) * size)
     cx, cy = scene["centre"]
     rad = rng.uniform(scene["r_in"] + 0.05 * size, scene["r_out"] - 0.05 * size)
     a = rng.uniform(0, 2 * np.pi)

@@ -211,16 +211,14 @@ def load_category(root: str | Path, category: str, *, check_images: bool = True)
     for sample in train + test:
         if check_images:
             width_height = _open(sample.path, "image").size
-        else:
-            width_height = image_size(sample.path) if sample.mask_path is not None else None
-        if sample.mask_path is not None:
-            if check_images:
+            if sample.mask_path is not None:
                 read_mask(sample.mask_path, width_height)
-            else:
-                mask_size = image_size(sample.mask_path)
-                if mask_size != width_height:
-                    raise DataError(f"{sample.mask_path}: mask size {mask_size[0]}x{mask_size[1]} differs from its "
-                                    f"image size {width_height[0]}x{width_height[1]} (width x height)")
+        elif sample.mask_path is not None:
+            width_height = image_size(sample.path)
+            mask_size = image_size(sample.mask_path)
+            if mask_size != width_height:
+                raise DataError(f"{sample.mask_path}: mask size {mask_size[0]}x{mask_size[1]} differs from its "
+                                f"image size {width_height[0]}x{width_height[1]} (width x height)")
 
     return Category(root=root, name=category, train=train, test=test, has_masks=has_masks,
                     masks_note=None if has_masks else NO_MASKS_NOTE)

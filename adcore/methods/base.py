@@ -3,7 +3,7 @@
 A method is a folder ``adcore/methods/<name>/`` whose ``method.py`` subclasses :class:`AnomalyModel`::
 
     @register
-    class PatchCore(AnomalyModel):
+    class PatchCore(AnomalyModel[PatchCoreNetwork]):
         name = "patchcore"
         Config = PatchCoreConfig                 # pydantic section, extra keys forbidden
         profiles = {"cpu": {...}, "paper": {...}}  # only what differs from adcore.config.PROFILES

@@ -27,7 +27,7 @@ def procedural_texture(size: int, rng: np.random.Generator, kind: str | None = N
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     if kind == "noise":
         coarse = rng.random((max(2, size // int(rng.integers(2, 9))),) * 2).astype(np.float32)
-        t = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR), dtype=np.float32)
+        t = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
     elif kind == "stripes":
         angle, period = rng.uniform(0, np.pi), rng.uniform(4, size / 3)
         t = 0.5 + 0.5 * np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
@@ -84,7 +84,7 @@ class TextureSource:
         path = self.paths[i]
         try:
             with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR))
+                arr = np.asarray(im.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR))
         except (OSError, ValueError, SyntaxError) as exc:
             raise DataError(f"{path}: texture image unreadable ({exc})") from None
         if len(self._cache) < self.max_cached:

@@ -12,6 +12,7 @@ import tarfile
 import zipfile
 from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def archive_members(path: Path, origin: str, stack: ExitStack) -> list[tuple[str
                 raise DataError(f"{origin}: unsafe archive: member {info.filename!r} is a symbolic link; refused")
             rel = safe_relpath(info.filename, f"{origin}: unsafe archive member", allow_empty=info.is_dir())
             if not info.is_dir():
-                members.append((rel, lambda info=info: zf.open(info)))
+                members.append((rel, partial(zf.open, info)))
         return members
     try:
         tf = stack.enter_context(tarfile.open(path, "r:*"))
@@ -49,7 +50,7 @@ def archive_members(path: Path, origin: str, stack: ExitStack) -> list[tuple[str
                             f"{member.linkname!r}; links are refused")
         if not member.isfile():
             raise DataError(f"{origin}: unsafe archive: member {member.name!r} is not a regular file; refused")
-        members.append((rel, lambda member=member: tf.extractfile(member)))
+        members.append((rel, partial(tf.extractfile, member)))
     return members
 
 

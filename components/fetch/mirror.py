@@ -47,7 +47,7 @@ class _Mirror:
 
     def _fetch_one(self, it: RemoteFile) -> tuple[RemoteFile, dict, bool]:
         record = self.old_files.get(it.rel)
-        if is_unchanged(self.output, record, it.version):
+        if record is not None and is_unchanged(self.output, record, it.version):
             return it, record, False
         with atomic_path(self.output / it.rel) as tmp:
             sha = it.download_verified(tmp)

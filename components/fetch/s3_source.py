@@ -36,7 +36,7 @@ def _s3_client():
     return session.client("s3", endpoint_url=endpoint, config=config), endpoint or "AWS S3"
 
 
-def _s3_error(exc: Exception, where: str, endpoint: str) -> DataError:
+def _s3_error(exc: Exception, where: str, endpoint: str) -> ConfigError | DataError:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     if isinstance(exc, NoCredentialsError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from adcore.errors import DataError
@@ -82,7 +83,7 @@ def list_local(source: str) -> list[RemoteFile]:
     def entry(path: Path, rel: str) -> RemoteFile:
         st = path.stat()
         return RemoteFile(rel, st.st_size, f"local:{st.st_size}:{st.st_mtime_ns}", str(path),
-                          lambda dest, path=path: shutil.copyfile(path, dest))
+                          partial(shutil.copyfile, path))
 
     if root.is_file():
         return [entry(root, root.name)]

@@ -32,7 +32,7 @@ def write_state(output: Path, *, source: str, repo: str, rev: str, files: dict[s
                                             "archives": archives})
 
 
-def is_unchanged(output: Path, record: dict | None, version: str) -> bool:
+def is_unchanged(output: Path, record: dict | None, version: str | None) -> bool:
     """The file the record describes is still on disk as written, and the source still has that version."""
     if not record or record.get("version") != version:
         return False

@@ -7,6 +7,8 @@ nearest memory items (Eq. 1) and pushed out of those of the next J (Eq. 2). Scor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -89,6 +91,13 @@ class CFA(AnomalyModel[CFANetwork]):
         c = self.settings.data.crop_size
         return c if c is not None and c < self.settings.data.image_size else None
 
+    def _cfa_pp_crop_size(self) -> int:
+        """cfa++'s centre-crop size: always set for cfa++ (``__init__`` checks it)."""
+        crop = self._crop_size()
+        if crop is None:
+            raise ConfigError("method.cfa.variant: 'cfa++' needs data.crop_size smaller than data.image_size")
+        return crop
+
     def view_names(self) -> list[str]:
         return ["resized", "cropped"] if self.config.variant == "cfa++" else ["main"]
 
@@ -110,7 +119,7 @@ class CFA(AnomalyModel[CFANetwork]):
     def _view_input(self, name: str, images: torch.Tensor) -> torch.Tensor:
         if name != "cropped":
             return images
-        size, crop = images.shape[-1], self._crop_size()
+        size, crop = images.shape[-1], self._cfa_pp_crop_size()
         if images.shape[-2] != self.settings.data.image_size or size != self.settings.data.image_size:
             raise DataError(f"cfa++: expected inputs of {self.settings.data.image_size} px (the resized-only frame of "
                             f"make_transform()), got {tuple(images.shape[-2:])}")
@@ -140,14 +149,16 @@ class CFA(AnomalyModel[CFANetwork]):
         network = self.new_network({"views": self.view_names(), "in_channels": int(sum(self.backbone.channels))},
                                    reseed=False)
         feature_shapes = {}
-        for name, view in network.views.items():
+
+        def descriptor_outputs(view: CFAView, feats: Any) -> Iterator[torch.Tensor]:
+            return (view.descriptor(s) for _, s in feats.batches(cfg.batch_size, device=self.device))
+
+        for name, view in network.named_views():
             view.bank = build_memory_bank(
-                lambda f=features[name], v=view: (v.descriptor(s) for _, s in f.batches(cfg.batch_size,
-                                                                                        device=self.device)),
-                cfg.gamma_c, seed=self.settings.train.seed,
+                partial(descriptor_outputs, view, features[name]), cfg.gamma_c, seed=self.settings.train.seed,
             ).to(self.device)
             feature_shapes[name] = list(features[name].get([0])[0].shape[-2:])
-        self.build_info.update(self.memory_info(), out_channels=next(iter(network.views.values())).descriptor
+        self.build_info.update(self.memory_info(), out_channels=network.named_views()[0][1].descriptor
                                .out_channels, feature_shapes=feature_shapes)
         self.fit_info.update(self.memory_info())
         self.fit_info["n_train"] = len(data.train)
@@ -158,14 +169,14 @@ class CFA(AnomalyModel[CFANetwork]):
         use_rep = cfg.ablation == "att+rep"
         state: dict[str, Any] = {"network": network}
         optimizers = {}
-        for name, view in network.views.items():
+        for name, view in network.named_views():
             params = list(view.descriptor.parameters()) + list(view.radius.parameters())
             optimizers[name] = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=True)
             state[f"{name}.optimizer"] = optimizers[name]
 
         def train_epoch(epoch: int, rng: np.random.Generator) -> dict[str, float]:
             sums: dict[str, float] = {}
-            for name, view in network.views.items():
+            for name, view in network.named_views():
                 view.descriptor.train()
                 totals = np.zeros(3)
                 n = 0
@@ -188,9 +199,9 @@ class CFA(AnomalyModel[CFANetwork]):
         self.run_epochs(data, options, cfg.epochs, train_epoch, state)
 
     def memory_info(self) -> dict[str, Any]:
-        views = self.check_is_fitted().views
-        sizes = {name: int(v.bank.shape[0]) for name, v in views.items()}
-        dims = {name: int(v.bank.shape[1]) for name, v in views.items()}
+        views = self.check_is_fitted().named_views()
+        sizes = {name: int(v.bank.shape[0]) for name, v in views}
+        dims = {name: int(v.bank.shape[1]) for name, v in views}
         return {"memory_size": int(sum(sizes.values())), "memory_size_per_view": sizes, "memory_dim": dims}
 
     # ---- inference ----------------------------------------------------------------------------------------------
@@ -204,10 +215,10 @@ class CFA(AnomalyModel[CFANetwork]):
         return scores.reshape(b, h, w)
 
     def predict_raw(self, images: torch.Tensor) -> RawPrediction:
-        views = self.check_is_fitted().views
+        network = self.check_is_fitted()
         with torch.no_grad():
             if self.config.variant == "cfa":
-                return RawPrediction(maps=self._view_map(views["main"], "main", images))
-            full = self._view_map(views["resized"], "resized", images)
-            crop = self._view_map(views["cropped"], "cropped", images)
-        return RawPrediction(maps=align_and_average(full, crop, images.shape[-1], self._crop_size()))
+                return RawPrediction(maps=self._view_map(network.view("main"), "main", images))
+            full = self._view_map(network.view("resized"), "resized", images)
+            crop = self._view_map(network.view("cropped"), "cropped", images)
+        return RawPrediction(maps=align_and_average(full, crop, images.shape[-1], self._cfa_pp_crop_size()))

@@ -9,6 +9,7 @@ adapted features depend on where in the image a patch is, which the memory bank 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -33,7 +34,8 @@ class CoordConv1x1(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels + 2, out_channels, kernel_size=1)
         nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
-        nn.init.zeros_(self.conv.bias)
+        if self.conv.bias is not None:  # always: the conv is built with a bias
+            nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(add_coords(x))
@@ -86,3 +88,11 @@ class CFANetwork(nn.Module):
         sizes = bank_sizes or {}
         self.views = nn.ModuleDict({name: CFAView(in_channels, gamma_d, r_init, sizes.get(name, 0))
                                     for name in views})
+
+    def view(self, name: str) -> CFAView:
+        """The view called ``name`` (typed: to a type checker, nn.ModuleDict holds plain Modules)."""
+        return cast(CFAView, self.views[name])
+
+    def named_views(self) -> list[tuple[str, CFAView]]:
+        """(name, view) pairs in the order of ``views``."""
+        return [(name, self.view(name)) for name in self.views]

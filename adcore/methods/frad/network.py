@@ -24,7 +24,7 @@ from adcore.methods.common.blocks import Bottleneck, conv_bn_relu
 from adcore.methods.frad.gfe import GlobalFeatureExtraction
 
 
-def _match(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _match(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Align a decoder map with its skip where odd sizes made them differ by a row or column."""
     return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear",
                                                                       align_corners=False)

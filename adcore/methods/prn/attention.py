@@ -63,7 +63,7 @@ class MultiSizeAttention(nn.Module):
         self.block = ResidualBlock(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = tuple(x.shape[-2:])
+        size = (x.shape[-2], x.shape[-1])
         heads = []
         for p, qkv in zip(self.sizes, self.qkv, strict=True):
             q, k, v = qkv(x).chunk(3, dim=1)

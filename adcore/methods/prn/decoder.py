@@ -47,6 +47,8 @@ class Decoder(nn.Module):
             else:
                 x = skip
             x = block(x)
+        if x is None:
+            raise ValueError("decoder: no skip maps")
         for block in self.extra_blocks:
             x = block(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
         return self.head(x)
