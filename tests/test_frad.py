@@ -123,3 +123,14 @@ def test_demo_run_detects_anomalies(fit_and_auroc):
                                                       "method.frad.batch_size=8", "train.device=cpu"])
     _, auroc = fit_and_auroc(settings, "tile")
     assert auroc > 0.7, auroc
+
+
+def test_min_steps_lengthens_training_on_small_categories(fit_and_auroc):
+    from adcore.methods.frad.method import epochs_for
+
+    assert epochs_for(10, 0, 36, 16) == 10  # no minimum: the configured epochs
+    assert epochs_for(10, 1300, 36, 16) == 434  # 3 steps per epoch -> ceil(1300 / 3)
+    assert epochs_for(100, 50, 300, 16) == 100  # a large category already has more steps
+    settings = resolve_settings("frad", "cpu", None, TINY + ["method.frad.epochs=1", "method.frad.min_steps=6"])
+    model, _ = fit_and_auroc(settings, "tile")  # 16 images at batch 4: 4 steps per epoch -> 2 epochs
+    assert model.fit_info["epochs_planned"] == 2 and len(model.fit_info["history"]) == 2

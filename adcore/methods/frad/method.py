@@ -8,6 +8,7 @@ reconstruction; the base class upsamples it, blurs it (sigma 4) and takes the ma
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ class FRADConfig(Section):
     shuffle: bool = Field(True, description="feature-shuffle self-supervision (Table 3 ablation)")
     ssl_weight: float = Field(0.1, ge=0.0, description="lambda of L = L_rec + lambda L_ssl (eq. 11)")
     epochs: int = Field(100, gt=0, description="fixed number of epochs; never chosen on test data")
+    min_steps: int = Field(0, ge=0, description="at least this many optimiser steps: epochs become "
+                                               "max(epochs, ceil(min_steps / steps per epoch)) on small categories")
     batch_size: int = Field(16, gt=0, description="training batch size (feature maps)")
     lr: float = Field(1e-3, gt=0.0)
     betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas (paper: 0.5, 0.999)")
@@ -130,7 +133,9 @@ class FRAD(AnomalyModel[FRADNetwork]):
                 losses["val_loss_rec"] = self._mean_distance(val)
             return losses
 
-        self.run_epochs(data, options, cfg.epochs, train_epoch, {"network": network, "optimizer": optimizer})
+        epochs = epochs_for(cfg.epochs, cfg.min_steps, len(features), cfg.batch_size)
+        self.fit_info["epochs_planned"] = epochs
+        self.run_epochs(data, options, epochs, train_epoch, {"network": network, "optimizer": optimizer})
         self.fit_info["feature_shape"] = [cfg.channels, *features.stages[0].shape[-2:]]
 
     @torch.no_grad()
@@ -149,3 +154,10 @@ class FRAD(AnomalyModel[FRADNetwork]):
     def predict_raw(self, images: torch.Tensor) -> RawPrediction:
         z = self.fuse(self.backbone_features(images))
         return RawPrediction(maps=self.anomaly_map(z))  # no shuffling at inference (paper 1.5)
+
+
+def epochs_for(epochs: int, min_steps: int, n_train: int, batch_size: int) -> int:
+    """``max(epochs, ceil(min_steps / steps_per_epoch))``: a small category still gets ``min_steps`` optimiser steps
+    (one step per batch of ``batch_size`` feature maps, the last batch possibly smaller)."""
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    return max(epochs, math.ceil(min_steps / steps_per_epoch))
