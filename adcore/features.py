@@ -5,14 +5,21 @@ image and stores each stage as an fp16 ``.npy`` file (memory-mapped when read, s
 memory). The key covers everything that changes the features: backbone architecture, cut and weights, the image
 transform, and the content hash of every image, in order. A changed part gives a new key; a corrupt or partial
 entry is rebuilt.
+
+Concurrent fills of one entry (several processes training on one category) are safe without a lock: each fills a
+private temporary folder and renames it into place; one that finds the entry already there reads that one and
+drops its own. Whoever filled it, every caller gets the features of its own images.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adcore.io import atomic_directory, atomic_write_json, file_sha256
+from adcore.io import _UMASK, atomic_write_json, file_sha256
 from adcore.progress import progress
 
 log = logging.getLogger(__name__)
@@ -88,19 +95,53 @@ class FeatureCache:
                 return CachedFeatures(key, cached, paths)
             if entry.exists():
                 log.warning("feature cache entry %s is corrupt or partial: rebuilding", entry)
-                shutil.rmtree(entry, ignore_errors=True)
-            with atomic_directory(entry) as tmp:
+                self._discard(entry)
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{key}.", suffix=".tmp"))
+            try:
                 written = self._extract(extractor, samples, transform, batch_size, num_workers, show_progress, tmp)
                 atomic_write_json(tmp / "meta.json", {
                     "format": CACHE_FORMAT, "key": key, "n": len(samples), "n_stages": len(written),
                     "backbone": extractor.fingerprint,
                     "transform": transform.fingerprint, "paths": paths,
                 })
-            stages = self._read(entry, key, len(samples))
-            assert stages is not None
-            return CachedFeatures(key, stages, paths)
+                # Memory-mapped before the rename: the maps stay valid whatever happens to the entry afterwards.
+                ours = self._read(tmp, key, len(samples))
+                if ours is None:
+                    raise OSError(errno.EIO, "feature cache entry unreadable right after writing it", str(tmp))
+                return CachedFeatures(key, self._install(tmp, entry, key, len(samples), ours), paths)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # gone already when renamed into place
         stages = self._extract(extractor, samples, transform, batch_size, num_workers, show_progress, None)
         return CachedFeatures(key, stages, paths)
+
+    def _install(self, tmp: Path, entry: Path, key: str, n: int, ours: list[np.ndarray]) -> list[np.ndarray]:
+        """Rename the filled folder ``tmp`` to ``entry``; when another process got there first, use its entry."""
+        for _ in range(3):
+            try:
+                os.chmod(tmp, 0o777 & ~_UMASK)
+                os.rename(tmp, entry)  # atomic; fails when entry exists and is not empty
+                return ours
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) and not isinstance(exc, FileExistsError):
+                    raise
+            theirs = self._read(entry, key, n)
+            if theirs is not None:
+                log.info("feature cache entry %s was filled by another process meanwhile: using it", key)
+                return theirs
+            self._discard(entry)  # theirs is corrupt: put ours in its place
+        return ours  # still contended: our own (memory-mapped) arrays are as good
+
+    @staticmethod
+    def _discard(entry: Path) -> None:
+        """Move a corrupt entry aside atomically, then delete it (another process may be discarding it too)."""
+        trash = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".old"))
+        trash.rmdir()
+        try:
+            os.rename(entry, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
 
     @staticmethod
     def _read(entry: Path, key: str, n: int) -> list[np.ndarray] | None:

@@ -3,26 +3,35 @@
 Every write is atomic: files are written to a temporary sibling and renamed into place, and a model directory is
 built beside its destination and swapped in whole, so a crash never leaves a half-written file or model behind.
 Model directories never pickle.
+
+Concurrency: a directory swap is one ``renameat2(RENAME_EXCHANGE)`` on Linux (the destination never disappears;
+concurrent writers never fail, the last one wins), and a reader opens the model directory once and reads both files
+through that directory's descriptor, so it sees one whole version, never one version's model.json with another's
+tensors. A model write never replaces a folder that is not an adcore model directory.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
 
 from adcore import MODEL_FORMAT_VERSION, __version__
-from adcore.errors import ModelFormatError
+from adcore.errors import ConfigError, ModelFormatError
 
 META_FILE = "model.json"
 TENSOR_FILE = "model.safetensors"
@@ -112,23 +121,82 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+_renameat2: Any = None
+if sys.platform.startswith("linux"):
+    try:
+        _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        _renameat2.restype = ctypes.c_int
+    except (AttributeError, OSError):  # glibc < 2.28, musl: the two-rename swap below
+        _renameat2 = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``). False where unsupported;
+    FileNotFoundError when one of them is absent."""
+    global _renameat2
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system cannot exchange
+        _renameat2 = None
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _swap_in(tmp: Path, path: Path, before_replace: Callable[[Path], None] | None) -> None:
+    """Put the complete directory ``tmp`` at ``path``; whatever was there is removed. Safe with concurrent
+    writers of the same ``path`` (the last one wins) and with readers (``path`` is never absent on Linux)."""
+    for _ in range(1000):
+        if before_replace is not None and os.path.lexists(path):
+            before_replace(path)
+        try:
+            if _exchange(tmp, path):  # tmp now holds the previous version
+                _remove(tmp)
+                return
+        except FileNotFoundError:  # nothing at path yet
+            pass
+        try:
+            os.rename(tmp, path)  # succeeds where path is absent (or an empty folder)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                raise
+        # No exchange on this system: move the current version aside, then rename ours in. Another writer may
+        # move or install between the two renames; then retry.
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        old.rmdir()
+        try:
+            os.rename(path, old)
+        except FileNotFoundError:
+            continue
+        _remove(old)
+    raise OSError(errno.EBUSY, "could not swap in a new version (too many concurrent writers)", str(path))
+
+
 @contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` only if the block completes."""
-    path = Path(path)
+def atomic_directory(path: str | Path, before_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` only if the block completes.
+
+    ``before_replace(path)`` runs just before an existing ``path`` is replaced and may raise to keep it."""
+    path = Path(os.path.abspath(path))  # "." or "x/.." have no name to build a sibling from
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)
         yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-            old.rmdir()
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        _swap_in(tmp, path, before_replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -142,6 +210,15 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
         save_file(clean, str(tmp), metadata=metadata)
 
 
+def check_finite(tensors: dict[str, torch.Tensor], where: str | Path) -> None:
+    """ModelFormatError naming ``where`` and the first floating-point tensor holding NaN or infinity."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelFormatError(f"{where}: tensor {name!r} holds {bad} NaN or infinite value(s) of "
+                                   f"{tensor.numel()}; the model is corrupt, retrain it")
+
+
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
@@ -152,25 +229,129 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelFormatError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def write_model_dir(path: str | Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
-    """Write a model directory atomically. ``meta`` gains format and package versions."""
+def model_dir_problem(path: str | Path) -> str | None:
+    """Why an existing ``path`` is not an adcore model directory a model write may replace; None when it is one
+    (a folder holding only model.json, with a format_version, and model.safetensors)."""
     path = Path(path)
+    if not path.is_dir():
+        return "exists and is not a folder"
+    names = sorted(p.name for p in path.iterdir())
+    others = [n for n in names if n not in (META_FILE, TENSOR_FILE)]
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return f"holds files that are not part of a model ({shown})"
+    if META_FILE not in names:
+        return f"has no {META_FILE}"
+    try:
+        meta = json.loads((path / META_FILE).read_bytes())
+    except (OSError, ValueError):
+        return f"its {META_FILE} is not valid JSON"
+    if not isinstance(meta, dict) or "format_version" not in meta:
+        return f"its {META_FILE} was not written by adcore"
+    return None
+
+
+def check_model_output(path: str | Path, *, overwrite: bool) -> None:
+    """ConfigError unless a model may be written to ``path``: absent, an empty folder, or (``overwrite``) an adcore
+    model directory. Nothing that is not a model is ever replaced."""
+    path = Path(path)
+    for _ in range(100):  # a concurrent writer may swap versions while this looks: look again
+        before = _identity(path)
+        if before is None:
+            return
+        if path.is_symlink():
+            problem: str | None = "is a symbolic link"
+        elif path.is_dir() and not any(path.iterdir()):
+            problem = "empty"
+        else:
+            problem = model_dir_problem(path)
+        if _identity(path) == before:
+            break
+    if problem == "empty":
+        return
+    if problem is not None:
+        raise ConfigError(f"{path}: {problem}; a model write would replace it. Choose another output path "
+                          f"(it is not an adcore model directory)")
+    if not overwrite:
+        raise ConfigError(f"{path}: an adcore model directory already exists; pass --overwrite to replace it")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def write_model_dir(path: str | Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write a model directory atomically. ``meta`` gains format and package versions. An existing model directory
+    at ``path`` is replaced; anything else there (a folder of other files) is refused with a ConfigError."""
+    path = Path(path)
+    check_model_output(path, overwrite=True)  # before the work, and again just before the swap
     full_meta = {"format_version": MODEL_FORMAT_VERSION, "adcore_version": __version__, **meta}
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, before_replace=lambda p: check_model_output(p, overwrite=True)) as tmp:
         save_tensors(tmp / TENSOR_FILE, tensors)
         atomic_write_json(tmp / META_FILE, full_meta)
     return path
 
 
-def read_model_meta(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    meta_path = path / META_FILE
+def _read_version(path: Path, names: tuple[str, ...]) -> dict[str, bytes | None]:
+    """The bytes of ``names`` in the directory ``path`` (None for an absent one), all from one version of it.
+
+    The directory is opened once and every file through its descriptor: a writer swapping in a new version
+    meanwhile cannot give this reader files of two versions. When the version opened is removed before its files
+    are opened (a writer cleaning up), the read starts again on the new one."""
     if not path.is_dir():
         raise ModelFormatError(f"{path}: not a model directory (expected {META_FILE} and {TENSOR_FILE} inside)")
-    if not meta_path.is_file():
+    for _ in range(100):
+        try:
+            dir_fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except (FileNotFoundError, NotADirectoryError):
+            raise ModelFormatError(f"{path}: not a model directory (expected {META_FILE} and {TENSOR_FILE} "
+                                   "inside)") from None
+        try:
+            fds: dict[str, int | None] = {}
+            try:
+                for name in names:
+                    try:
+                        fds[name] = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+                    except FileNotFoundError:
+                        fds[name] = None
+                if any(fd is None for fd in fds.values()) and _replaced(path, dir_fd):
+                    continue  # the version opened went away while opening it: read the current one
+                out: dict[str, bytes | None] = {}
+                for name, fd in fds.items():
+                    if fd is None:
+                        out[name] = None
+                    else:
+                        with os.fdopen(fd, "rb", closefd=False) as fh:
+                            out[name] = fh.read()
+                return out
+            finally:
+                for fd in fds.values():
+                    if fd is not None:
+                        os.close(fd)
+        finally:
+            os.close(dir_fd)
+    raise ModelFormatError(f"{path}: the model directory kept changing while it was read; try again")
+
+
+def _replaced(path: Path, dir_fd: int) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return True
+    opened = os.fstat(dir_fd)
+    return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
+
+
+def _parse_meta(path: Path, raw: bytes | None) -> dict[str, Any]:
+    meta_path = path / META_FILE
+    if raw is None:
         raise ModelFormatError(f"{meta_path}: missing; {path} is not an adcore model directory")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFormatError(f"{meta_path}: corrupt JSON ({exc})") from None
     if not isinstance(meta, dict) or "format_version" not in meta:
@@ -185,9 +366,26 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def read_model_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    return _parse_meta(path, _read_version(path, (META_FILE,))[META_FILE])
+
+
 def read_model_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    meta = read_model_meta(path)
-    return meta, load_tensors(Path(path) / TENSOR_FILE)
+    """``model.json`` and the tensors of one version of the model directory ``path``, tensors checked finite."""
+    path = Path(path)
+    files = _read_version(path, (META_FILE, TENSOR_FILE))
+    meta = _parse_meta(path, files[META_FILE])
+    raw = files[TENSOR_FILE]
+    tensor_path = path / TENSOR_FILE
+    if raw is None:
+        raise ModelFormatError(f"{tensor_path}: tensor file missing")
+    try:
+        tensors = load_safetensors_bytes(raw)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFormatError(f"{tensor_path}: not a readable safetensors file ({exc})") from None
+    check_finite(tensors, tensor_path)
+    return meta, tensors
 
 
 def flatten_state(prefix: str, state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -38,7 +38,7 @@ def run_quickstart(output: str | Path, *, methods: Sequence[str] | None = None,
             print(f"== {method} on {category}", flush=True)
             model_dir = output / "models" / category / method
             t0 = time.perf_counter()
-            result = train_model(run_settings, data_root, category, model_dir, options)
+            result = train_model(run_settings, data_root, category, model_dir, options, overwrite=True)
             metrics = evaluate_model(model_dir, data_root, category,
                                      output / "eval" / category / method / "metrics.json")
             rows.append({"category": category, "method": method, "train_seconds": round(result.seconds, 1),

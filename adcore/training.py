@@ -23,8 +23,8 @@ from adcore.config import RunConfig
 from adcore.data.dataset import make_loader
 from adcore.data.mvtec import Category, load_category, split_seen_anomalies, train_val_split
 from adcore.environment import environment_record
-from adcore.errors import DataError
-from adcore.io import file_sha256
+from adcore.errors import ConfigError, DataError
+from adcore.io import check_model_output, file_sha256
 from adcore.methods import create_model
 from adcore.methods.base import FitData, TrainOptions, seed_everything
 
@@ -64,10 +64,33 @@ def data_fingerprint(category: Category, train: Sequence, val: Sequence) -> dict
             "images_sha256": digest.hexdigest()[:24]}
 
 
+def check_output(output: str | Path, data_root: str | Path, category: str, *, overwrite: bool) -> None:
+    """Before any work: ``output`` may be written. It must not be, hold or lie inside the category's data, nor be
+    the current folder (or hold it); an existing folder must be an adcore model directory and is replaced only with
+    ``overwrite``. ConfigError naming the path otherwise."""
+    out = Path(os.path.abspath(output))
+    cat_dir = Path(os.path.abspath(Path(data_root).expanduser() / category))
+    real_out, real_cat = Path(os.path.realpath(out)), Path(os.path.realpath(cat_dir))
+    for o, c in ((out, cat_dir), (real_out, real_cat)):
+        if o == c or c in o.parents or o in c.parents:
+            where = "is" if o == c else ("lies inside" if c in o.parents else "contains")
+            raise ConfigError(f"{output}: the output {where} the dataset category folder "
+                              f"{Path(data_root) / category}; a model write would replace data. Write the model "
+                              "elsewhere")
+    cwd = Path(os.path.realpath(os.getcwd()))
+    if real_out == cwd or real_out in cwd.parents:
+        raise ConfigError(f"{output}: the output is the current folder or holds it; write the model to a new "
+                          "folder, e.g. models/<name>")
+    check_model_output(output, overwrite=overwrite)
+
+
 def train_model(settings: RunConfig, data_root: str | Path, category: str, output: str | Path,
-                options: TrainOptions | None = None) -> TrainResult:
+                options: TrainOptions | None = None, *, overwrite: bool = False) -> TrainResult:
     """Train on ``data_root/category`` with resolved ``settings`` (:func:`adcore.methods.resolve_settings`) and
-    write the model directory ``output`` (atomically). ``options.cache_dir`` None means :func:`default_cache_dir`."""
+    write the model directory ``output`` (atomically). ``options.cache_dir`` None means :func:`default_cache_dir`.
+    An existing model directory at ``output`` is replaced only with ``overwrite``; any other existing folder, or an
+    output inside the data, is refused before training (:func:`check_output`)."""
+    check_output(output, data_root, category, overwrite=overwrite)
     options = options or TrainOptions()
     if options.cache_dir is None:
         options = replace(options, cache_dir=default_cache_dir())
@@ -101,6 +124,7 @@ def train_model(settings: RunConfig, data_root: str | Path, category: str, outpu
     model.fit_info["peak_rss_mb"] = peak_rss_mb()
     if torch.cuda.is_available() and model.device.type == "cuda":
         model.fit_info["peak_cuda_mb"] = torch.cuda.max_memory_allocated(model.device) / 2**20
+    check_output(output, data_root, category, overwrite=overwrite)  # again: it may have appeared while training
     out = model.save(output, extra_meta={"data": data_fingerprint(cat, train, val),
                                          "environment": environment_record(str(model.device)),
                                          "device": str(model.device)})

@@ -47,7 +47,7 @@ def main() -> None:
         method, category, overrides = RUNS[name]
         t0 = time.perf_counter()
         result = train_model(resolve_settings(method, args.profile, None, overrides), args.data_root, category,
-                             out / name, TrainOptions(progress=False))
+                             out / name, TrainOptions(progress=False), overwrite=True)
         train_wall = time.perf_counter() - t0
         metrics = evaluate_model(out / name, args.data_root, category, out / name / "eval.json", progress=False,
                                  write_artifacts=False)

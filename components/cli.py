@@ -20,6 +20,8 @@ def _common_tracking(p: argparse.ArgumentParser, *, track: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from components.fetch.archives import DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_ARCHIVE_RATIO
+
     parser = argparse.ArgumentParser(prog="python -m components", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="step", required=True)
 
@@ -31,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", dest="categories", action="append", help="validate only these (repeatable)")
     p.add_argument("--manifest", default="", help="manifest path (default <output>/manifest.json)")
     p.add_argument("--no-validate", dest="validate", action="store_false")
+    p.add_argument("--max-archive-bytes", type=int, default=DEFAULT_MAX_ARCHIVE_BYTES,
+                   help="refuse an archive that unpacks to more bytes than this (default %(default)s = 20 GiB)")
+    p.add_argument("--max-archive-ratio", type=float, default=DEFAULT_MAX_ARCHIVE_RATIO,
+                   help="refuse an archive over 16 MiB that unpacks to more than this many times its own size "
+                        "(default %(default)s)")
 
     p = sub.add_parser("features", help="fill the feature cache of a category")
     p.add_argument("data_root")
@@ -108,11 +115,12 @@ def run(argv: Sequence[str] | None = None) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from adcore.errors import AdcoreError
+    from components.secrets import mask_secrets
 
     try:
         result = run(argv)
     except AdcoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(mask_secrets(f"error: {exc}"), file=sys.stderr)  # a URL in a message may carry a password or token
         return 2
-    print(json.dumps(result, indent=2, default=str))
+    print(mask_secrets(json.dumps(result, indent=2, default=str)))
     return 0

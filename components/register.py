@@ -7,6 +7,13 @@ worse than the champion's by more than ``tolerance``. A metric missing on either
 champion was evaluated on a different test split it is re-evaluated on this one (given ``data_root``), else the
 challenger is not promoted. The decision and its reasons are tags on the version and on the run.
 
+The metrics file is not trusted: it must state the content hash of ``model_dir`` (``model_sha256``, written by
+components.evaluate; a file for another model is refused, one without the hash is registered but never promoted)
+and every metric must be null or a number in [0, 1]. A champion whose metric tag is missing (or not in [0, 1]) is
+re-evaluated on this test split when ``data_root`` is given; without it the challenger is not promoted and the
+reason says "re-evaluate required", so a champion without metrics neither blocks promotions silently nor loses its
+alias to an unchecked challenger.
+
 Re-running is harmless: a model already registered (same content hash) is not logged again, and a version that is
 already the champion is left as it is.
 """
@@ -111,7 +118,41 @@ def _requirements() -> list[str]:
 
 
 def _metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
-    return {k[len("metric."):]: float(v) for k, v in tags.items() if k.startswith("metric.") and _number(v) is not None}
+    """The metric tags of a version; a value that is not a number in [0, 1] (a forgery) counts as missing."""
+    out = {}
+    for key, value in tags.items():
+        number = _number(value)
+        if key.startswith("metric.") and number is not None and 0.0 <= number <= 1.0:
+            out[key[len("metric."):]] = number
+    return out
+
+
+def read_metrics(metrics_json: str | Path, model_dir: str | Path, sha: str) -> dict[str, Any]:
+    """The evaluation metrics of ``model_dir``, checked before anything is registered.
+
+    DataError (naming the file and the key) when the file is unreadable or not a JSON object, when it states the
+    content hash of another model (``model_sha256``, written by components.evaluate), or when a metric of
+    METRIC_KEYS is not null or a number in [0, 1]. A file without ``model_sha256`` is read but never promotes.
+    """
+    try:
+        metrics = json.loads(Path(metrics_json).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{metrics_json}: cannot read the evaluation metrics ({exc})") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{metrics_json}: not a JSON object of evaluation metrics")
+    stated = metrics.get("model_sha256")
+    if stated is not None and stated != sha:
+        raise DataError(f"{metrics_json}: model_sha256 {str(stated)[:16]}... is not the content hash of {model_dir} "
+                        f"({sha[:16]}...): these metrics belong to another model; evaluate this model and register "
+                        "it with its own metrics")
+    for key in METRIC_KEYS:
+        value = metrics.get(key)
+        if value is None:
+            continue
+        number = _number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if number is None or not 0.0 <= number <= 1.0:
+            raise DataError(f"{metrics_json}: {key} = {value!r} is not a number in [0, 1] (or null); refused")
+    return metrics
 
 
 def _find_version(client, name: str, sha: str):
@@ -170,12 +211,9 @@ def register_model(model_dir: str, metrics_json: str, category: str, method: str
     model_path = Path(model_dir)
     if not (model_path / "model.json").is_file():
         raise DataError(f"{model_path}: not an adcore model directory (no model.json)")
-    try:
-        metrics = json.loads(Path(metrics_json).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{metrics_json}: cannot read the evaluation metrics ({exc})") from None
     name = registered_name(prefix, category, method)
     sha = model_fingerprint(model_path)
+    metrics = read_metrics(metrics_json, model_path, sha)  # before anything is written to the registry
     uri = _tracking.tracking_uri(tracking_uri)
 
     with open_run(category, method, run_id=run_id, model_sha256=sha, experiment=experiment, uri=uri,
@@ -220,8 +258,22 @@ def register_model(model_dir: str, metrics_json: str, category: str, method: str
                     champion_metrics = {}
                     reasons_pre.append(f"{label} was evaluated on a different test split and no data_root was "
                                        "given to re-evaluate it")
+            elif metric not in champion_metrics:
+                # Its metric tags are missing (or forged out of [0, 1]): without this it would block every later
+                # promotion. Re-evaluate it when the data is at hand; else no promotion, and the reason says why.
+                if data_root:
+                    champion_metrics = _reevaluate_champion(uri, name, champion.version, data_root, category)
+                    reasons_pre.append(f"{label} had no valid metric.{metric} tag and was re-evaluated on this test "
+                                       "split")
+                else:
+                    reasons_pre.append(f"{label} has no valid metric.{metric} tag and no data_root was given to "
+                                       "re-evaluate it: re-evaluate required (give data_root, --data-root)")
         promote, reasons = decide_promotion(metrics, champion_metrics, metric=metric, margin=margin,
                                             tolerance=tolerance, champion_label=label)
+        if promote and metrics.get("model_sha256") is None:
+            promote = False
+            reasons.append(f"{metrics_json} does not state the model_sha256 of the model it scores (components."
+                           "evaluate writes it): unverified metrics never promote")
         reasons = reasons_pre + reasons
         decision = "promoted" if promote else "rejected"
         if promote:

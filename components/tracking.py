@@ -24,6 +24,7 @@ from typing import Any
 
 from adcore.environment import environment_record
 from adcore.errors import AdcoreError
+from components.secrets import mask_secrets
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "adcore"
@@ -51,18 +52,47 @@ def _saved_note(saved: str | Path | None) -> str:
     return f"; the model files are safe in {saved}" if saved else ""
 
 
+def _split_credentials(uri: str) -> tuple[str, str | None]:
+    """``uri`` without its userinfo, and the Authorization header MLflow itself would send: basic auth from the
+    URI's ``user:password@`` (as ``requests`` does), else ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``, else a
+    bearer ``MLFLOW_TRACKING_TOKEN``."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    user, password = parts.username, parts.password
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        netloc = f"{host}:{parts.port}" if parts.port is not None else host
+        uri = urlunsplit(parts._replace(netloc=netloc))
+    if not user and not password:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user or password:
+        token = base64.b64encode(f"{unquote(user or '')}:{unquote(password or '')}".encode()).decode()
+        return uri, f"Basic {token}"
+    bearer = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return uri, (f"Bearer {bearer}" if bearer else None)
+
+
 def check_reachable(uri: str, saved: str | Path | None = None, timeout: float = 5.0) -> None:
-    """Fail fast with the URI in the message when an HTTP tracking server does not answer."""
+    """Fail fast with the URI (credentials masked) in the message when an HTTP tracking server does not answer.
+
+    Credentials in the URI are sent as an Authorization header, never as part of the host name."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+        bare, auth = _split_credentials(uri)
+        request = urllib.request.Request(f"{bare.rstrip('/')}/health", headers={"Authorization": auth} if auth else {})
+        urllib.request.urlopen(request, timeout=timeout).close()
     except urllib.error.HTTPError:
         return  # it answered (perhaps 401/404 behind a proxy): reachable
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"MLflow tracking server {uri} cannot be reached ({reason}){_saved_note(saved)}; start "
-                            "the server or set MLFLOW_TRACKING_URI, then re-run this step") from None
+        raise TrackingError(mask_secrets(
+            f"MLflow tracking server {uri} cannot be reached ({reason}){_saved_note(saved)}; start the server or set "
+            "MLFLOW_TRACKING_URI, then re-run this step")) from None
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
@@ -158,10 +188,12 @@ def open_run(category: str, method: str, *, run_id: str = "", model_sha256: str 
     except TrackingError:
         raise
     except MlflowException as exc:
-        raise TrackingError(f"MLflow tracking at {uri} failed: {exc.message}{_saved_note(saved)}") from None
+        message = f"MLflow tracking at {uri} failed: {exc.message}{_saved_note(saved)}"
+        raise TrackingError(mask_secrets(message)) from None
     except (OSError, ConnectionError) as exc:
-        raise TrackingError(f"MLflow tracking server {uri} cannot be reached ({exc}){_saved_note(saved)}; start the "
-                            "server or set MLFLOW_TRACKING_URI, then re-run this step") from None
+        message = (f"MLflow tracking server {uri} cannot be reached ({exc}){_saved_note(saved)}; start the server or "
+                   "set MLFLOW_TRACKING_URI, then re-run this step")
+        raise TrackingError(mask_secrets(message)) from None
 
 
 def log_training(result, *, category: str, method: str, data_root: str, run_id: str = "", experiment: str = "",
@@ -172,9 +204,10 @@ def log_training(result, *, category: str, method: str, data_root: str, run_id: 
     with open_run(category, method, run_id=run_id, model_sha256=sha, experiment=experiment, uri=uri,
                   saved=model_dir) as run:
         run.set_tags({MODEL_SHA_TAG: sha, "category": category, "method": method, "device": result.device,
-                      "model_dir": str(model_dir)})
+                      "model_dir": mask_secrets(model_dir)})
         params: dict[str, Any] = flatten(result.config.to_dict())
         params.update({"category": category, "data_root": str(data_root)})
+        params = {k: mask_secrets(v) for k, v in params.items()}
         environment = environment_record(result.device)
         params.update({f"env.{k}": v for k, v in environment.items()})
         run.log_params(params)

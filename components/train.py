@@ -44,7 +44,7 @@ def train(method: str, data_root: str, category: str, output_dir: str, *, profil
             log.warning("%s (training anyway; the model will be saved locally first)", exc)
     options = TrainOptions(cache_dir=Path(cache_dir) if cache_dir else None, checkpoint_dir=Path(ckpt),
                            resume=resume, progress=progress, stop_after_epochs=stop_after_epochs or None)
-    result = train_model(settings, data_root, category, output_dir, options)
+    result = train_model(settings, data_root, category, output_dir, options, overwrite=True)  # the step owns it
     out = {"model_dir": str(result.model_dir), "checkpoint_dir": ckpt, "run_id": "",
            "seconds": round(result.seconds, 3), "device": result.device, "epochs": len(result.history),
            "model_sha256": model_fingerprint(result.model_dir)}

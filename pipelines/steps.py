@@ -60,7 +60,9 @@ def prepare_tracking(experiment: str = "", tracking_uri: str = "") -> str:
         exp = client.get_experiment_by_name(name)
         return exp.experiment_id if exp is not None else client.create_experiment(name)
     except MlflowException as exc:
-        raise tracking.TrackingError(f"MLflow tracking at {uri} failed: {exc.message}") from None
+        from components.secrets import mask_secrets
+
+        raise tracking.TrackingError(mask_secrets(f"MLflow tracking at {uri} failed: {exc.message}")) from None
 
 
 # --------------------------------------------------------------------------------------------- features
@@ -262,7 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = report(args.metrics, args.markdown, args.json, args.plot)
     except AdcoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from components.secrets import mask_secrets
+
+        print(mask_secrets(f"error: {exc}"), file=sys.stderr)  # a URL in a message may carry a password or token
         return 2
     print(json.dumps(result, indent=2, default=str))
     return 0

@@ -166,3 +166,84 @@ def test_build_backbone_without_weights_keeps_the_offline_normalisation():
     assert (fe.mean, fe.std) == OFFLINE_MEAN_STD and fe.weights_sha256 == "random"
     fe = build_backbone(BackboneConfig(name="resnet18", weights="random"), (8,))
     assert fe.weights_sha256 == "random" and not fe.training
+
+
+# ---- torchvision's own weight files (the papers' reference code loads torchvision's ImageNet weights) -------------
+def _torchvision_model(name: str, seed: int) -> torch.nn.Module:
+    """A torchvision ResNet with seeded weights and non-trivial BatchNorm statistics, in eval mode."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # weights=None leaves mean 0, var 1, affine 1/0: make them count
+            module.running_mean.normal_(0.0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def _torchvision_layer2_3(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        h = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))
+        f2 = model.layer2(h)
+        return [f2, model.layer3(f2)]
+
+
+def _assert_features_equal(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> None:
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape
+        # 1e-5 relative to the features' magnitude (channels_last and contiguous convolutions round differently)
+        assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max())), float((a - b).abs().max())
+
+
+def test_torchvision_wide_resnet_file_loads_into_the_timm_extractor(tmp_path):
+    # A file in torchvision's format, like wide_resnet50_2-95faca4d.pth: torchvision's names, fc.* and layer4 included.
+    model = _torchvision_model("wide_resnet50_2", seed=3)
+    path = tmp_path / "wide_resnet50_2-tv.pth"
+    torch.save(model.state_dict(), path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert {"conv1.weight", "layer1.0.conv1.weight", "fc.weight", "layer4.2.bn3.running_var"} <= set(state)
+    fe = build_backbone(BackboneConfig(name="wide_resnet50_2.tv_in1k", weights=str(path)), (8, 16))
+    assert fe.channels == [512, 1024] and fe.weights_sha256 not in ("random", "from-model-file")
+    assert not any(k.startswith(("fc.", "layer4.")) for k in fe.body.state_dict())  # dropped, not an error
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    _assert_features_equal(fe(x), _torchvision_layer2_3(model, x))
+
+
+def test_torchvision_file_from_s3_and_with_a_dataparallel_prefix(tmp_path, s3_endpoint, monkeypatch):
+    import tempfile
+
+    import boto3
+
+    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                       "AWS_CONFIG_FILE": "/nonexistent"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the download cache: this test's own
+    (tmp_path / "tmp").mkdir()
+    model = _torchvision_model("resnet18", seed=4)
+    path = tmp_path / "resnet18-tv.pth"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="adcore-weights-test")
+    client.upload_file(str(path), "adcore-weights-test", "tv/resnet18-tv.pth")
+    fe = FeatureExtractor("resnet18.tv_in1k", (8, 16), "s3://adcore-weights-test/tv/resnet18-tv.pth")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    _assert_features_equal(fe(x), _torchvision_layer2_3(model, x))
+    assert FeatureExtractor("resnet18.tv_in1k", (8, 16), str(path)).weights_sha256 == fe.weights_sha256
+
+
+def test_paper_profiles_name_torchvision_weights():
+    from adcore.config import PROFILES
+    from adcore.methods import resolve_settings
+
+    # timm's untagged wide_resnet50_2 / resnet18 resolve to its own recipes (racm_in1k, a1_in1k), not torchvision's
+    assert PROFILES["paper"]["backbone"]["name"] == "wide_resnet50_2.tv_in1k"
+    assert resolve_settings("cfa", "paper").backbone.name == "wide_resnet50_2.tv_in1k"
+    assert resolve_settings("prn", "paper").backbone.name == "resnet18.tv_in1k"
+    import timm
+
+    assert timm.create_model("wide_resnet50_2.tv_in1k", pretrained=False).pretrained_cfg["url"].endswith(
+        "wide_resnet50_2-95faca4d.pth")

@@ -14,7 +14,7 @@ from adcore.data.mvtec import load_category
 from adcore.errors import ConfigError
 from adcore.methods import create_model, load_model, resolve_settings
 from adcore.methods.base import FitData, TrainOptions
-from adcore.methods.cfa.anomaly_map import align_and_average, anomaly_score
+from adcore.methods.cfa.anomaly_map import align_and_average, anomaly_score, patch_scores
 from adcore.methods.cfa.loss import (
     attraction_loss,
     cfa_loss,
@@ -23,7 +23,7 @@ from adcore.methods.cfa.loss import (
     split_neighbours,
 )
 from adcore.methods.cfa.memory import build_memory_bank
-from adcore.methods.cfa.network import PatchDescriptor, add_coords
+from adcore.methods.cfa.network import CoordConv1x1, PatchDescriptor, add_coords
 from adcore.metrics import image_auroc
 
 TINY = ["data.image_size=64", "data.crop_size=56", "data.batch_size=8", "train.device=cpu"]
@@ -33,11 +33,12 @@ def _config(*extra: str, weights: str = "random"):
     return resolve_settings("cfa", "cpu", None, [*TINY, f"backbone.weights={weights}", *extra])
 
 
-def _fit(demo_root, *extra: str, weights: str = "random", category: str = "tile", **fit_kwargs):
+def _fit(demo_root, *extra: str, weights: str = "random", category: str = "tile", n_val: int = 0, **fit_kwargs):
     torch.manual_seed(0)  # the random test backbone is drawn from torch's global RNG
     model = create_model(_config(*extra, weights=weights))
     cat = load_category(demo_root, category)
-    model.fit(FitData(train=cat.train, val=[], transform=model.make_transform()),
+    n_train = len(cat.train) - n_val
+    model.fit(FitData(train=cat.train[:n_train], val=cat.train[n_train:], transform=model.make_transform()),
               TrainOptions(progress=False, **fit_kwargs))
     return model, cat
 
@@ -111,7 +112,51 @@ def test_eq5_score_is_softmin_certainty_times_nearest_distance():
     assert score[1].item() == pytest.approx(1.0)  # a normal point equidistant to 3 centres: certainty 1/3
 
 
+def test_eq5_scores_euclidean_distances_not_squared_ones():
+    # Items at Euclidean distances 1, 2 and 4 from the patch (squared: 1, 4, 16); a fourth, farther one is not in K.
+    bank = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-4.0, 0.0], [0.0, -9.0]])
+    feats = torch.tensor([[0.0, 0.0], [0.0, 2.0]])  # the second sits on an item: score 0
+    expected = math.exp(-1) / (math.exp(-1) + math.exp(-2) + math.exp(-4)) * 1.0  # softmin(1, 2, 4)[0] * 1
+    squared_rule = math.exp(-1) / (math.exp(-1) + math.exp(-4) + math.exp(-16)) * 1.0  # what squared distances give
+    scores = patch_scores(feats, bank, k=3)
+    assert scores[0].item() == pytest.approx(expected) and abs(expected - squared_rule) > 0.1
+    assert scores[1].item() == pytest.approx(0.0, abs=1e-6)
+    far = patch_scores(torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 0.0]]), k=3)  # K above the bank size: 1 item
+    assert far.item() == pytest.approx(5.0)  # distance 5 (not 25), certainty 1
+
+
+def test_fitted_model_maps_are_eq5_on_euclidean_distances(demo_root):
+    model, cat = _fit(demo_root, "method.cfa.epochs=1")
+    images = next(iter(make_loader(cat.test[:2], model.make_transform(), 2)))["image"]
+    view = model.network.view("main")
+    with torch.no_grad():
+        phi = view.descriptor(model.backbone(images))
+        flat = phi.permute(0, 2, 3, 1).reshape(-1, phi.shape[1]).double()
+        dist = torch.cdist(flat, view.bank.double()).topk(3, largest=False).values
+        expected = (torch.softmax(-dist, 1)[:, 0] * dist[:, 0]).reshape(2, *phi.shape[-2:])
+        raw = model.predict_raw(images).maps
+    torch.testing.assert_close(raw.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 # ---- descriptor and memory bank ---------------------------------------------------------------------------------
+def test_descriptor_initialisation_is_the_reference_code_s():
+    # The reference's CoordConv2d keeps nn.Conv2d's default init: U(+-1/sqrt(fan_in)), std 1/sqrt(3 fan_in), with
+    # fan_in counting the two coordinate channels; He-normal (std sqrt(2/fan_in)) would be sqrt(6) times larger.
+    torch.manual_seed(0)
+    in_channels, out_channels = 254, 512
+    fan_in = in_channels + 2
+    conv = CoordConv1x1(in_channels, out_channels).conv
+    bound = 1 / math.sqrt(fan_in)
+    assert conv.weight.shape == (out_channels, fan_in, 1, 1)
+    assert conv.weight.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.02)
+    assert conv.weight.abs().max().item() <= bound and conv.weight.abs().max().item() > 0.99 * bound
+    assert conv.weight.mean().item() == pytest.approx(0.0, abs=0.01 * bound)
+    assert conv.bias.abs().max().item() <= bound and conv.bias.std().item() > 0.4 * bound  # not zeros
+    # WRN50's C2-C4 (D = 256 + 512 + 1024 = 1792): the descriptor the paper profile builds
+    wrn = PatchDescriptor(1792).layer.conv
+    assert wrn.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 1794), rel=0.01)
+
+
 def test_descriptor_output_channels_and_coordinates():
     torch.manual_seed(0)
     stages = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4), torch.randn(2, 6, 2, 2)]
@@ -167,18 +212,51 @@ def test_ablations_train_what_they_say(demo_root):
     assert torch.equal(none.network.views["main"].bank, att.network.views["main"].bank)
 
 
+def _raw_view_maps(model, samples):
+    """Each CFA++ view's map on ``samples`` (resized frame), as predict_raw computes it before averaging."""
+    images = next(iter(make_loader(samples, model.make_transform(), len(samples))))["image"]
+    with torch.no_grad():
+        return {name: model._view_map(view, name, images) for name, view in model.network.named_views()}
+
+
+def test_cfapp_brings_both_views_to_one_scale_on_validation_images(demo_root):
+    model, cat = _fit(demo_root, "method.cfa.epochs=1", "method.cfa.variant=cfa++", n_val=4)
+    val = cat.train[-4:]
+    assert model.fit_info["view_scale"]["source"] == "val" and model.fit_info["view_scale"]["n_images"] == 4
+    views = dict(model.network.named_views())
+    raw_std = {name: float(v.map_std) for name, v in views.items()}
+    assert all(s > 0 for s in raw_std.values())
+    for name, maps in _raw_view_maps(model, val).items():  # standardised: mean 0 and std 1 on the validation set
+        assert maps.double().mean().item() == pytest.approx(0.0, abs=1e-3), name
+        assert maps.double().std().item() == pytest.approx(1.0, abs=1e-3), name
+        # the raw map is the standardised one undone
+        raw = maps * views[name].map_std + views[name].map_mean
+        assert raw.min().item() >= -1e-4  # Eq. 5 scores are >= 0
+    # plain CFA keeps raw maps: no scale buffers in its network
+    plain, _ = _fit(demo_root, "method.cfa.ablation=none")
+    assert not any(k.endswith(("map_mean", "map_std")) for k in plain.network.state_dict())
+
+
+def test_cfapp_without_validation_images_fits_the_scale_on_training_images(demo_root):
+    model, _ = _fit(demo_root, "method.cfa.ablation=none", "method.cfa.variant=cfa++")
+    assert model.fit_info["view_scale"]["source"] == "train"
+    assert all(float(v.map_std) > 0 for _, v in model.network.named_views())
+
+
 def test_cfapp_save_load_round_trip_gives_identical_maps(demo_root, tmp_path):
-    # Plain CFA's round trip is in tests/test_method_contract.py; CFA++ has two views and the resized frame.
-    for variant in ("cfa++",):
-        model, cat = _fit(demo_root, "method.cfa.epochs=1", f"method.cfa.variant={variant}", "method.cfa.k=2",
-                          "method.cfa.j=1")
-        maps, scores, _ = _predict(model, cat.test[:4])
-        model.save(tmp_path / variant)
-        loaded = load_model(tmp_path / variant, device="cpu")
-        maps2, scores2, _ = _predict(loaded, cat.test[:4])
-        assert maps.shape == (4, 64 if variant == "cfa++" else 56, 64 if variant == "cfa++" else 56)
-        assert torch.equal(maps, maps2) and torch.equal(scores, scores2)
-        assert loaded.fit_info["memory_size"] == model.fit_info["memory_size"]
+    # Plain CFA's round trip is in tests/test_method_contract.py; CFA++ has two views, the resized frame and a scale.
+    model, cat = _fit(demo_root, "method.cfa.epochs=1", "method.cfa.variant=cfa++", "method.cfa.k=2",
+                      "method.cfa.j=1", n_val=4)
+    maps, scores, _ = _predict(model, cat.test[:4])
+    model.save(tmp_path / "cfapp")
+    loaded = load_model(tmp_path / "cfapp", device="cpu")
+    maps2, scores2, _ = _predict(loaded, cat.test[:4])
+    assert maps.shape == (4, 64, 64)
+    assert torch.equal(maps, maps2) and torch.equal(scores, scores2)
+    assert loaded.fit_info["memory_size"] == model.fit_info["memory_size"]
+    for (name, a), (_, b) in zip(model.network.named_views(), loaded.network.named_views(), strict=True):
+        assert torch.equal(a.map_mean, b.map_mean) and torch.equal(a.map_std, b.map_std), name
+        assert float(a.map_std) != 1.0  # fitted, not the default
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(demo_root, tmp_path):
@@ -197,3 +275,40 @@ def test_demo_run_detects_anomalies(demo_root):
     auroc = image_auroc(scores.numpy(), labels.numpy())
     assert auroc > 0.7, auroc
     assert np.isfinite(scores.numpy()).all()
+
+
+def test_a_model_file_from_before_euclidean_scoring_is_refused(demo_root, tmp_path):
+    import json
+
+    from adcore.errors import ModelFormatError
+
+    model, _ = _fit(demo_root, "method.cfa.ablation=none")
+    model.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["build_info"]["score"]  # as written before this rule
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match="before CFA scored Euclidean distances"):
+        load_model(tmp_path / "m", device="cpu")
+
+
+# ---- the paper profile, end to end on the CPU (WRN50 with random weights, tiny images) ----------------------------
+def test_paper_profile_runs_end_to_end(demo_root, tmp_path):
+    settings = resolve_settings("cfa", "paper", None, ["backbone.weights=random", "data.image_size=64",
+                                                      "data.crop_size=56", "train.device=cpu",
+                                                      "method.cfa.epochs=1"])
+    assert settings.backbone.name == "wide_resnet50_2.tv_in1k" and settings.method.batch_size == 4
+    model = create_model(settings)
+    cat = load_category(demo_root, "tile")
+    model.fit(FitData(train=cat.train[:4], val=cat.train[4:6], transform=model.make_transform()),
+              TrainOptions(progress=False))
+    assert model.backbone.channels == [256, 512, 1024]
+    assert tuple(model.network.view("main").bank.shape) == (14 * 14, 1792)  # stride 4 on 56 px, D = D' = 1792
+    history = model.fit_info["history"]
+    assert len(history) == 1 and {"loss", "att", "rep", "rep_steps", "r"} <= set(history[0])
+    maps, scores, _ = _predict(model, cat.test[:4])
+    assert maps.shape == (4, 56, 56) and scores.shape == (4,)
+    assert torch.isfinite(maps).all() and torch.isfinite(scores).all()
+    model.save(tmp_path / "paper")
+    maps2, scores2, _ = _predict(load_model(tmp_path / "paper", device="cpu"), cat.test[:4])
+    assert torch.equal(maps, maps2) and torch.equal(scores, scores2)

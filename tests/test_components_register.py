@@ -55,6 +55,7 @@ def test_registry_on_local_sqlite_reevaluates_champion_on_another_split(demo_roo
 
     from components.evaluate import evaluate
     from components.register import register_model
+    from components.tracking import model_fingerprint
     from components.train import train
 
     monkeypatch.chdir(tmp_path)
@@ -70,7 +71,8 @@ def test_registry_on_local_sqlite_reevaluates_champion_on_another_split(demo_roo
     (tmp_path / "b" / "model.json").write_text((tmp_path / "a" / "model.json").read_text() + "\n")
     metrics = json.loads(open(ev["metrics_json"]).read())
     metrics.update({k: 1.0 for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap",
-                                     "image_f1_max", "pixel_f1_max")}, test_split_sha256="another-split")
+                                     "image_f1_max", "pixel_f1_max")}, test_split_sha256="another-split",
+                   model_sha256=model_fingerprint(tmp_path / "b"))  # its own hash, or register refuses the file
     (tmp_path / "b.json").write_text(json.dumps(metrics))
     no_root = register_model(str(tmp_path / "b"), str(tmp_path / "b.json"), "tile", "patchcore", prefix="t")
     assert no_root["decision"] == "rejected" and no_root["version"] == 2

@@ -16,7 +16,8 @@ def test_cpu_and_paper_profiles_differ_where_the_papers_say():
     paper = resolve("patchcore", "paper")
     assert isinstance(cpu, RunConfig) and cpu.profile == "cpu" and paper.profile == "paper"
     assert (cpu.backbone.name, cpu.backbone.weights) == ("tf_efficientnet_lite0", "offline")
-    assert (paper.backbone.name, paper.backbone.weights) == ("wide_resnet50_2", "hub")
+    # torchvision's ImageNet weights, as the papers' reference code (timm's untagged name is its racm_in1k recipe)
+    assert (paper.backbone.name, paper.backbone.weights) == ("wide_resnet50_2.tv_in1k", "hub")
     # PatchCore's own paper profile crops 224 after resizing to 256; the cpu profile does not crop.
     assert (paper.data.image_size, paper.data.crop_size, paper.data.input_size) == (256, 224, 224)
     assert (cpu.data.image_size, cpu.data.crop_size, cpu.data.input_size) == (256, None, 256)
@@ -40,7 +41,7 @@ def test_params_layer_over_profile_and_overrides_over_params(tmp_path):
     )
     cfg = resolve("patchcore", None, params, ["data.batch_size=5", "method.patchcore.reweight_k=4"])
     assert cfg.profile == "paper"  # taken from params.yaml when not given
-    assert cfg.backbone.name == "wide_resnet50_2"  # from the profile
+    assert cfg.backbone.name == "wide_resnet50_2.tv_in1k"  # from the profile
     assert cfg.backbone.weights == "random"  # params over profile
     assert cfg.data.image_size == 96 and cfg.data.crop_size == 224  # params over profile, profile kept
     assert cfg.data.batch_size == 5  # override over params

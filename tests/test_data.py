@@ -103,10 +103,16 @@ def test_read_image_errors_name_the_file(tmp_path):
 def test_read_mask_binary_and_size_check(tmp_path):
     m = np.zeros((30, 40), np.uint8)
     m[5:10, 5:20] = 255
-    m[0, 0] = 1  # any non-zero value is foreground
+    m[0, 0] = 255
     Image.fromarray(m).save(tmp_path / "m.png")
     mask = read_mask(tmp_path / "m.png", (40, 30))
     assert mask.dtype == bool and mask.shape == (30, 40) and mask.sum() == 5 * 15 + 1
+    Image.fromarray((m // 255).astype(np.uint8)).save(tmp_path / "m01.png")  # 0/1 masks are binary too
+    assert np.array_equal(read_mask(tmp_path / "m01.png", (40, 30)), mask)
+    m[0, 0] = 1  # 0, 1 and 255 in one mask: not binary (hostile cases: tests/test_hostile_inputs.py)
+    Image.fromarray(m).save(tmp_path / "mixed.png")
+    with pytest.raises(DataError, match=r"mixed\.png: mask is not binary \(values 0, 1, 255\)"):
+        read_mask(tmp_path / "mixed.png", (40, 30))
     with pytest.raises(DataError) as err:
         read_mask(tmp_path / "m.png", (41, 30))
     assert "m.png" in str(err.value) and "40x30" in str(err.value) and "41x30" in str(err.value)

@@ -11,9 +11,11 @@ import torch
 from adcore import metrics
 from adcore.data.dataset import make_loader
 from adcore.data.mvtec import load_category
-from adcore.methods import create_model, resolve_settings
+from adcore.methods import create_model, load_model, resolve_settings
 from adcore.methods.base import FitData, TrainOptions
+from adcore.methods.common.patch_features import pool_channels, pooled_patch_features
 from adcore.methods.patchcore import PatchCoreNetwork
+from adcore.methods.patchcore.method import embed_stages
 
 
 def _tiny_model(**method):
@@ -56,6 +58,63 @@ def test_image_score_reweighting_eq7():
     unweighted = plain.predict_raw(torch.zeros(2, 3, 32, 32))
     assert unweighted.scores is None  # the base class then takes the map's maximum
     torch.testing.assert_close(unweighted.maps, raw.maps)
+
+
+# ---- the embedding: each stage pooled to embedding_dim on its own, then the stack (reference Preprocessing) --------
+def _stages(a: float = 1.0, b: float = 10.0) -> list[torch.Tensor]:
+    """Stage maps as WRN50's layer2/layer3 in miniature: the deeper one has 2x the channels and half the grid."""
+    shallow = a * torch.arange(1, 5, dtype=torch.float32).view(1, 4, 1, 1).expand(1, 4, 6, 6).clone()
+    deep = b * torch.arange(1, 9, dtype=torch.float32).view(1, 8, 1, 1).expand(1, 8, 3, 3).clone()
+    return [shallow, deep]
+
+
+def test_each_stage_fills_an_equal_share_of_the_embedding_whatever_its_width():
+    dim = 6
+    emb = embed_stages(_stages(), dim)
+    assert emb.shape == (1, dim, 6, 6)
+    # Channels 0-2 depend on the shallow stage only, 3-5 on the deep one only (a 2x wider stage gets no 2x share).
+    shallow_changed = embed_stages(_stages(a=-3.0), dim)
+    deep_changed = embed_stages(_stages(b=-7.0), dim)
+    assert torch.equal(emb[:, 3:], shallow_changed[:, 3:]) and not torch.equal(emb[:, :3], shallow_changed[:, :3])
+    assert torch.equal(emb[:, :3], deep_changed[:, :3]) and not torch.equal(emb[:, 3:], deep_changed[:, 3:])
+    # Inside the grid (no padding): shallow channels 1..4 pooled to 6 then pairs averaged -> 3 values from 4 channels
+    shallow_6 = pool_channels(torch.arange(1, 5, dtype=torch.float32).view(1, 4, 1, 1), 6).flatten()
+    expected = shallow_6.view(3, 2).mean(1)
+    torch.testing.assert_close(emb[0, :3, 2, 2], expected)
+    # The one-step pooling it replaces gave the deep stage 2/3 of the channels: 4 of 6 read only the deep stage.
+    old = pool_channels(pooled_patch_features(_stages(), 3, count_include_pad=False), dim)
+    old_changed = pool_channels(pooled_patch_features(_stages(b=-7.0), 3, count_include_pad=False), dim)
+    assert int((old != old_changed).flatten(2).any(2).sum()) == 4
+
+
+def test_neighbourhood_average_counts_the_zero_padding_as_the_reference():
+    ones = [torch.ones(1, 2, 4, 4), torch.ones(1, 2, 2, 2)]
+    emb = embed_stages(ones, 2)  # channel 0 <- shallow stage, channel 1 <- deep stage
+    assert emb[0, 0, 1, 1].item() == pytest.approx(1.0)  # interior: 9 of 9 neighbours
+    assert emb[0, 0, 0, 0].item() == pytest.approx(4 / 9)  # corner: 4 of 9, the padding counted as zeros
+    assert emb[0, 0, 0, 1].item() == pytest.approx(6 / 9)  # edge: 6 of 9
+    # the 2x2 deep map: every cell sees 4 of 9, then bilinear upsampling keeps the constant
+    torch.testing.assert_close(emb[0, 1], torch.full((4, 4), 4 / 9))
+
+
+def test_paper_profile_runs_end_to_end(demo_root, tmp_path):
+    settings = resolve_settings("patchcore", "paper", None, ["backbone.weights=random", "data.image_size=64",
+                                                            "data.crop_size=56", "train.device=cpu"])
+    assert settings.backbone.name == "wide_resnet50_2.tv_in1k" and settings.method.embedding_dim == 1024
+    model = create_model(settings)
+    cat = load_category(demo_root, "tile")
+    model.fit(FitData(train=cat.train[:4], val=cat.train[4:6], transform=model.make_transform()),
+              TrainOptions(progress=False))
+    assert model.backbone.channels == [512, 1024]
+    assert model.fit_info["n_patches"] == 4 * 7 * 7  # stride 8 on 56 px
+    assert tuple(model.network.memory.shape) == (round(0.1 * 4 * 7 * 7), 1024)
+    images = next(iter(make_loader(cat.test[:4], model.make_transform(), 4)))["image"]
+    pred = model.predict(images)
+    assert pred.maps.shape == (4, 56, 56) and pred.scores.shape == (4,)
+    assert torch.isfinite(pred.maps).all() and torch.isfinite(pred.scores).all()
+    model.save(tmp_path / "paper")
+    again = load_model(tmp_path / "paper", device="cpu").predict(images)
+    assert torch.equal(pred.maps, again.maps) and torch.equal(pred.scores, again.scores)
 
 
 def _fit(root, category, image_size=64):

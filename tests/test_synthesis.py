@@ -1,4 +1,5 @@
-"""Anomaly generation (adcore.synthesis): masks are exactly the changed pixels, target areas are respected."""
+"""Anomaly generation (adcore.synthesis): masks are the intended anomaly regions (only their pixels change), target
+areas are respected, a missed target area redraws the noise, textures follow the category's colour mode."""
 
 from __future__ import annotations
 
@@ -16,19 +17,25 @@ from adcore.synthesis import (
     TextureSource,
     aug1,
     blend,
+    build_generator,
     estimate_foreground,
     extended_anomaly,
     heterogenous_anomaly,
     homologous_anomaly,
+    is_grayscale,
     perlin_mask,
+    perlin_region,
     procedural_texture,
     render_grid,
     sample_target_area,
     save_anomaly_grid,
     shape_mask,
     shuffle_grid,
+    simulated,
 )
-from adcore.synthesis.extended import apply_op
+from adcore.synthesis.extended import apply_op, aug2
+from adcore.synthesis.foreground import Foreground
+from adcore.synthesis.simulated import simulated_anomaly
 
 S = 64
 DTD = Path(__file__).resolve().parents[2] / "shared" / "data" / "dtd"
@@ -76,15 +83,16 @@ def test_target_area_stays_in_foreground():
         assert ta.any() and not (ta & ~fg).any()
 
 
-def test_blend_eq4_reports_exactly_changed_pixels():
+def test_blend_eq4_changes_only_mask_pixels():
     normal = _normal()
     anomaly = normal.copy()
     anomaly[:, :32] = 255 - anomaly[:, :32]
     mask = np.zeros((S, S), bool)
     mask[10:50, 10:50] = True
-    out, changed = blend(normal, anomaly, mask, beta=0.3)
-    assert np.array_equal(changed, _changed(out, normal))
-    assert not changed[:, 32:].any()  # anomaly == normal there: nothing changes, not in the mask
+    out = blend(normal, anomaly, mask, beta=0.3)
+    changed = _changed(out, normal)
+    assert not (changed & ~mask).any()
+    assert not changed[:, 32:].any()  # anomaly == normal there: nothing changes (the region is still the mask)
     assert changed[10:50, 10:32].all()
     expected = np.rint(0.7 * anomaly[20, 20].astype(float) + 0.3 * normal[20, 20])
     assert np.array_equal(out[20, 20], expected.astype(np.uint8))
@@ -109,11 +117,9 @@ def test_shuffle_grid_permutes_cells():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_generated_masks_are_exactly_the_changed_pixels_inside_the_target_area(kind):
+def test_generated_masks_cover_the_changed_pixels_inside_the_target_area(kind):
     fg = np.zeros((S, S), bool)
     fg[8:56, 8:56] = True
-    from adcore.synthesis.foreground import Foreground
-
     normals = np.stack([_normal(i) for i in range(4)])
     gen = AnomalyGenerator(normals, [_seen()], TextureSource(None, S), Foreground(fg, "object", "test"))
     rng = np.random.default_rng(42)
@@ -122,7 +128,7 @@ def test_generated_masks_are_exactly_the_changed_pixels_inside_the_target_area(k
         normal = normals[i % 4]
         a = gen.generate(normal, kind, rng)
         assert a.kind == kind and a.image.dtype == np.uint8 and a.image.shape == normal.shape
-        assert np.array_equal(a.mask, _changed(a.image, normal)), "mask != changed pixels"
+        assert not (_changed(a.image, normal) & ~a.mask).any(), "a pixel outside the mask changed"
         assert not (a.mask & ~a.target).any(), "anomaly outside its target area"
         assert not (a.target & ~fg).any(), "target area outside the foreground"
         n_nonempty += int(a.mask.sum() > 0)
@@ -146,7 +152,74 @@ def test_simulated_anomalies_fill_with_their_source():
     a = heterogenous_anomaly(normal, tex, target, np.random.default_rng(0))
     assert a.mask.any() and not a.mask[:, 32:].any()
     b = homologous_anomaly(normal, _normal(2), target, np.random.default_rng(1))
-    assert np.array_equal(b.mask, _changed(b.image, normal)) and not b.mask[:, 32:].any()
+    assert not (_changed(b.image, normal) & ~b.mask).any() and b.mask.any() and not b.mask[:, 32:].any()
+
+
+def test_masks_are_the_intended_region_even_where_nothing_changes():
+    """With beta = 1 (Eq. 4 / 6: the region shows the normal image) no pixel changes, yet the mask is the region M:
+    C binarised for EA, the Perlin noise inside the target area for HEA / HOA (the paper's ground truth)."""
+    normal = _normal(5)
+    target = np.zeros((S, S), bool)
+    target[8:56, 8:56] = True
+    seen_img, seen_mask = _seen()
+    a = extended_anomaly(normal, seen_img, seen_mask, target, np.random.default_rng(0), beta_range=(1.0, 1.0))
+    rng = np.random.default_rng(0)  # the same draws: Aug1 on the defect's box, then Aug2
+    recoloured = seen_img.copy()
+    recoloured[20:34, 10:40] = aug1(seen_img[20:34, 10:40], rng)
+    _, region = aug2(recoloured, seen_mask, target, rng)
+    assert np.array_equal(a.image, normal) and a.mask.any()
+    assert np.array_equal(a.mask, region & target)
+    for make in (heterogenous_anomaly, homologous_anomaly):
+        b = make(normal, _normal(2), target, np.random.default_rng(1), beta_range=(1.0, 1.0))
+        rng = np.random.default_rng(1)
+        aug1(_normal(2), rng)  # the source's Aug1 (and HOA's shuffle) come first
+        if make is homologous_anomaly:
+            rng.permutation(64)
+        assert np.array_equal(b.image, normal) and b.mask.any()
+        assert np.array_equal(b.mask, perlin_region(target, rng))
+    # the pasted content equals the original on part of the region: those pixels stay in the mask
+    source = normal.copy()
+    source[:, 32:] = 255 - source[:, 32:]
+    c = simulated_anomaly(normal, source, np.ones((S, S), bool), np.random.default_rng(3), "hea", (0.0, 0.0))
+    expected = perlin_region(np.ones((S, S), bool), np.random.default_rng(3))
+    assert np.array_equal(c.mask, expected) and c.mask[:, :32].any()
+    assert np.array_equal(_changed(c.image, normal), expected & (np.arange(S) >= 32)[None, :])
+
+
+def test_a_missed_target_area_redraws_the_noise_never_pastes_the_whole_shape(monkeypatch):
+    fg = np.zeros((S, S), bool)
+    fg[8:56, 8:56] = True
+    normals = np.stack([_normal(i) for i in range(4)])
+    gen = AnomalyGenerator(normals, [], TextureSource(None, S), Foreground(fg, "object", "test"))
+    rng = np.random.default_rng(7)
+    for i in range(200):
+        a = gen.generate(normals[i % 4], ("hea", "hoa")[i % 2], rng)
+        assert a.mask.any() and not (a.mask & ~a.target).any() and a.mask.sum() <= a.target.sum()
+        assert not np.array_equal(a.mask, a.target), f"draw {i}: the whole target shape was pasted"
+    # the noise misses 25 times in a row: 20 redraws on the first target, then a new target area (5 more misses)
+    calls = {"n": 0}
+    real = simulated.perlin_mask
+
+    def missing_first(size, rng, **kw):
+        calls["n"] += 1
+        return np.zeros((S, S), bool) if calls["n"] <= 25 else real(size, rng, **kw)
+
+    monkeypatch.setattr(simulated, "perlin_mask", missing_first)
+    first = np.zeros((S, S), bool)
+    first[30:34, 30:34] = True
+    new_targets = []
+
+    def retarget(rng):
+        new_targets.append(gen.target_area(rng))
+        return new_targets[-1]
+
+    b = simulated_anomaly(normals[0], normals[1], first, np.random.default_rng(0), "hoa", retarget=retarget)
+    assert len(new_targets) == 1 and calls["n"] > 25 and np.array_equal(b.target, new_targets[0])
+    assert b.mask.any() and not (b.mask & ~b.target).any() and not np.array_equal(b.mask, b.target)
+    # noise that never meets the target: the image stays normal with an empty mask, never the whole shape
+    monkeypatch.setattr(simulated, "perlin_mask", lambda size, rng, **kw: np.zeros((S, S), bool))
+    c = simulated_anomaly(normals[0], normals[1], first, np.random.default_rng(0), "hoa", retarget=retarget)
+    assert not c.mask.any() and np.array_equal(c.image, normals[0])
 
 
 def test_generation_is_reproducible():
@@ -154,7 +227,7 @@ def test_generation_is_reproducible():
     gen = AnomalyGenerator(normals, [_seen()])
     a = [gen.generate(normals[0], k, np.random.default_rng(9)) for k in KINDS]
     b = [gen.generate(normals[0], k, np.random.default_rng(9)) for k in KINDS]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)
 
 
@@ -179,6 +252,24 @@ def test_foreground_estimate_object_and_texture():
     assert fg.mask[20:44, 16:48].all() and not fg.mask[:8].any() and not fg.mask[:, :6].any()
     textures = rng.integers(0, 256, (6, S, S, 3), dtype=np.uint8)
     assert estimate_foreground(textures).mask.all()
+
+
+def test_grayscale_category_gets_grayscale_textures(tmp_path):
+    """Colour textures pasted on a grayscale category would be found by their colour alone."""
+    grey = np.repeat(np.stack([_normal(i)[..., 0] for i in range(4)])[..., None], 3, axis=3)
+    colour = np.stack([_normal(i) for i in range(4)])
+    assert is_grayscale(grey) and not is_grayscale(colour)
+    gen = build_generator(grey, [], None, target_area="whole")
+    assert gen.textures.grayscale and "grayscale" in gen.textures.describe()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        a = gen.generate(grey[i % 4], "hea", rng)
+        assert a.mask.any() and is_grayscale(a.image, tolerance=0)
+    assert not build_generator(colour, [], None, target_area="whole").textures.grayscale
+    Image.fromarray(_normal(9)).save(tmp_path / "t.png")  # a colour texture from a folder (DTD) is converted too
+    texture = TextureSource(tmp_path, 32, grayscale=True).sample(rng)
+    assert texture.shape == (32, 32, 3) and is_grayscale(texture, tolerance=0)
+    assert not is_grayscale(TextureSource(tmp_path, 32).sample(rng))
 
 
 def test_texture_source_folder_and_procedural(tmp_path):

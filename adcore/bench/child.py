@@ -50,7 +50,8 @@ def run_one(spec: dict) -> dict[str, Any]:
     step("training")
     with tempfile.TemporaryDirectory(prefix="adcore-bench-cache-", dir=run_dir) as fresh_cache:
         options = TrainOptions(cache_dir=Path(spec["cache_dir"] or fresh_cache), on_epoch=on_epoch, progress=False)
-        result = train_model(settings, spec["data_root"], spec["category"], model_dir, options)
+        result = train_model(settings, spec["data_root"], spec["category"], model_dir, options,
+                             overwrite=True)  # a rerun of the bench replaces its own models
     rss_train = peak_rss_mb()
     step(f"trained in {result.seconds:.1f} s; evaluating")
     metrics = evaluate_model(model_dir, spec["data_root"], spec["category"], run_dir / "metrics.json",

@@ -12,17 +12,22 @@ A bad dataset should fail here, with a message that names the file, and not an h
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 from PIL import Image
 
-from adcore.errors import ConfigError, DataError
+from adcore.errors import AdcoreError, ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # compared case-insensitively
 LAYOUT_HINT = "MVTec AD layout"
 NO_MASKS_NOTE = "no ground_truth/ folder: pixel metrics are not computed"
+
+#: Images and masks above this many pixels are refused from their header, before decoding (a 152 KB PNG can
+#: declare 12500x12500 pixels: 470 MB decoded). ``ADCORE_MAX_IMAGE_PIXELS`` raises it for genuinely huge scans.
+MAX_IMAGE_PIXELS = 50_000_000
 
 # PIL raises these for unreadable, truncated or hostile files.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
@@ -76,13 +81,34 @@ def list_categories(root: str | Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------- images and masks
 
 
+def max_image_pixels() -> int:
+    raw = os.environ.get("ADCORE_MAX_IMAGE_PIXELS", "")
+    try:
+        return int(raw) if raw else MAX_IMAGE_PIXELS
+    except ValueError:
+        raise ConfigError(f"ADCORE_MAX_IMAGE_PIXELS: expected a whole number of pixels (got {raw!r})") from None
+
+
+def _check_pixels(path: Path, what: str, size: tuple[int, int]) -> None:
+    limit = max_image_pixels()
+    if size[0] * size[1] > limit:
+        raise DataError(f"{path}: {what} of {size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.0f} megapixels) "
+                        f"exceeds the limit of {limit / 1e6:g} megapixels; not decoded (set ADCORE_MAX_IMAGE_PIXELS "
+                        "to allow larger images)")
+
+
 def _open(path: Path, what: str) -> Image.Image:
     image = None
     try:
         image = Image.open(path)
+        _check_pixels(path, what, image.size)  # from the header, before the pixels are decoded
         image.load()  # full decode: catches truncated files that the header alone does not reveal
     except FileNotFoundError:
         raise DataError(f"{path}: {what} not found") from None
+    except AdcoreError:  # too many pixels (a ValueError too: before the clause below)
+        if image is not None:
+            image.close()
+        raise
     except _DECODE_ERRORS as exc:
         if image is not None:
             image.close()
@@ -119,7 +145,10 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """HxW bool (pixel > 0). ``size`` = (width, height) of the image the mask belongs to."""
+    """HxW bool (pixel > 0). ``size`` = (width, height) of the image the mask belongs to.
+
+    A mask must be binary: values 0 and 255 (or 0 and 1) once in 8-bit grey. Anything else (anti-aliased edges, a
+    JPEG, a soft label map) would silently count every pixel above 0 as a defect, so it is refused."""
     path = Path(path)
     image = _open(path, "mask")
     if size is not None and tuple(image.size) != tuple(size):
@@ -128,6 +157,11 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
     arr = _to_uint8(image)
     if arr.ndim == 3:
         arr = arr.max(axis=2)
+    if not np.isin(arr, (0, 255)).all() and not np.isin(arr, (0, 1)).all():
+        values = np.unique(arr)
+        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise DataError(f"{path}: mask is not binary (values {shown}); expected only 0 and 255 (or 0 and 1), "
+                        "one value for defect pixels")
     return arr > 0
 
 
@@ -136,9 +170,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     try:
         with Image.open(path) as image:
+            _check_pixels(path, "image", image.size)
             return tuple(image.size)  # type: ignore[return-value]
     except FileNotFoundError:
         raise DataError(f"{path}: image not found") from None
+    except AdcoreError:
+        raise
     except _DECODE_ERRORS as exc:
         raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
 
@@ -159,11 +196,20 @@ def _check_folder(path: Path, expected: str) -> None:
         raise DataError(f"{path}: missing; expected {expected} ({LAYOUT_HINT})")
 
 
+def _check_category_name(root: Path, category: str) -> None:
+    """A category is a folder inside the data root: no absolute path, no ``..``, so nothing outside it is read."""
+    for pure in (PurePosixPath(category), PureWindowsPath(category)):
+        if pure.is_absolute() or pure.drive or pure.root or ".." in pure.parts:
+            raise DataError(f"category {category!r}: not a folder name inside the data root {root} (absolute "
+                            "paths and '..' are refused: data outside --data-root is never read)")
+
+
 def load_category(root: str | Path, category: str, *, check_images: bool = True) -> Category:
     """Scan and validate one category. ``check_images`` fully decodes every image and mask once."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: dataset root not found (expected <root>/<category>/train/good, {LAYOUT_HINT})")
+    _check_category_name(root, category)
     cat_dir = root / category
     if not category or not cat_dir.is_dir():
         found = list_categories(root)

@@ -331,8 +331,10 @@ class AnomalyModel(ABC, Generic[NetT]):
     def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
                    device: str | None = None) -> AnomalyModel:
         """Rebuild a saved model: settings, backbone, then ``build_network(build_info)`` and its state dict."""
+        from adcore.io import TENSOR_FILE, check_finite
         from adcore.methods.settings import settings_from_dict
 
+        check_finite(tensors, TENSOR_FILE)  # a NaN memory bank would call every image good
         settings = settings_from_dict(meta["config"])
         if device is None and settings.train.device.startswith("cuda") and not torch.cuda.is_available():
             # train.device is where training ran; a model trained with train.device=cuda must still load where

@@ -63,11 +63,41 @@ def load_model(path, device: str | None = None) -> AnomalyModel:
     from pydantic import ValidationError
 
     from adcore.errors import ModelFormatError
-    from adcore.io import META_FILE, read_model_dir
+    from adcore.io import META_FILE, TENSOR_FILE, read_model_dir
+    from adcore.methods.settings import settings_from_dict
 
     meta, tensors = read_model_dir(path)
+    meta_path = Path(path) / META_FILE
+    _refuse_hub_backbone(meta, meta_path)
+    try:
+        if isinstance(meta.get("config"), dict):  # settings first, so a bad one names model.json (bounds, types)
+            settings_from_dict(meta["config"])
+    except ConfigError as exc:
+        raise ModelFormatError(f"{meta_path}: {exc}") from None
     try:
         return get_method(meta["method"]).from_saved(meta, tensors, device=device)
     except (KeyError, TypeError, ValidationError) as exc:  # valid JSON but not what adcore wrote
         raise ModelFormatError(f"{Path(path) / META_FILE}: incomplete or inconsistent model "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    except ModelFormatError as exc:  # e.g. tensors of the wrong shape: one line, naming the model
+        message = " ".join(str(exc).split())
+        where = Path(path) / TENSOR_FILE if "tensors" in message else Path(path)
+        raise ModelFormatError(message if str(path) in message else f"{where}: {message}") from None
+
+
+def _refuse_hub_backbone(meta: dict, meta_path: Path) -> None:
+    """A model file names its backbone architecture only: a name that points at a hub repository or a folder
+    (``hf-hub:org/repo``, ``local-dir:...``, anything with ``:`` or ``/``) would make timm fetch or read code and
+    configuration from elsewhere when the model is loaded. Refused: loading a model never goes to the network."""
+    from adcore.errors import ModelFormatError
+
+    config = meta.get("config")
+    sections = [("config.backbone.name", config.get("backbone") if isinstance(config, dict) else None),
+                ("backbone.name", meta.get("backbone"))]
+    for key, section in sections:
+        name = section.get("name") if isinstance(section, dict) else None
+        if isinstance(name, str) and any(ch in name for ch in ":/\\"):
+            raise ModelFormatError(f"{meta_path}: {key} {name!r} points at a hub repository or a path; a model "
+                                   "file may only name a timm architecture (e.g. 'wide_resnet50_2'), loading a "
+                                   "model never downloads anything")
+

@@ -37,8 +37,10 @@ def resolve_settings(
     overrides: Sequence[str] = (),
 ) -> RunConfig:
     """The resolved settings of one run of ``method_name`` (see the module docstring for the layers)."""
+    source = "params" if isinstance(params, dict) else str(params)
     if not isinstance(params, dict):
         params = load_params(params)
+    _check_top_level(params, source)
     method_cls = get_method(method_name)
     profile = profile or params.get("profile") or "cpu"
     if profile not in PROFILES:
@@ -86,6 +88,22 @@ def settings_from_dict(tree: dict[str, Any]) -> RunConfig:
     # The method section first, so a bad key there fails with its full dotted name before any work starts.
     method = validate_section(get_method(name).Config, method_section, prefix=f"method.{name}")
     return validate_section(RunConfig, {**tree, "method": method}, prefix="")
+
+
+#: Top-level keys of params.yaml: adcore's own, then those only dvc.yaml and the pipelines read (see params.yaml).
+ADCORE_KEYS = ("profile", *SHARED_SECTIONS, "method")
+PIPELINE_KEYS = ("categories", "methods", "demo", "fetch", "mlflow")
+
+
+def _check_top_level(params: dict[str, Any], source: str) -> None:
+    """A misspelled section (``dta:``) is an error naming the key, not settings silently left at their defaults."""
+    for key in params:
+        if key not in ADCORE_KEYS and key not in PIPELINE_KEYS:
+            raise ConfigError(f"{key}: unknown section in {source}; known sections: "
+                              f"{', '.join(ADCORE_KEYS)} (and {', '.join(PIPELINE_KEYS)} for dvc.yaml)")
+    for key in SHARED_SECTIONS:
+        if key in params and params[key] is not None and not isinstance(params[key], dict):
+            raise ConfigError(f"{key}: expected a mapping of settings in {source}, got {params[key]!r}")
 
 
 def _check_known(sections: dict[str, Any]) -> None:

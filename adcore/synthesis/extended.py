@@ -1,9 +1,9 @@
 """Extended anomalies (EA, PRN 3.4 and Fig. 5): the defect region of a seen anomaly, recoloured (Aug1),
 moved and deformed (Aug2), cropped by a target area and blended into a normal image (Eq. 4).
 
-All images are uint8 (H, W, 3) of the same square size; masks are bool (H, W). The returned mask is exactly the
-set of pixels whose value differs from the normal image: a region pixel that the blend leaves unchanged is not
-part of it.
+All images are uint8 (H, W, 3) of the same square size; masks are bool (H, W). The returned mask is the intended
+anomaly region M (the paper: "we binarise C to obtain the ground-truth mask M"), not the pixels whose value
+happens to change: a region pixel where the pasted content equals the normal image is still part of the anomaly.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ AUG1_OPS = ("equalize", "solarize", "posterize", "sharpness", "autocontrast", "i
 @dataclass
 class Anomaly:
     image: np.ndarray  # (H, W, 3) uint8, the normal image with the anomaly
-    mask: np.ndarray  # (H, W) bool: exactly the pixels that differ from the normal image
+    mask: np.ndarray  # (H, W) bool: the anomaly region M (only its pixels may differ from the normal image)
     target: np.ndarray  # (H, W) bool: the target area the anomaly was confined to
     kind: str  # "ea", "hea" or "hoa"
 
@@ -104,17 +104,16 @@ def aug2(image: np.ndarray, mask: np.ndarray, target: np.ndarray, rng: np.random
     return region_img, region
 
 
-def blend(normal: np.ndarray, anomaly: np.ndarray, mask: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
+def blend(normal: np.ndarray, anomaly: np.ndarray, mask: np.ndarray, beta: float) -> np.ndarray:
     """Eq. 4 / Eq. 6: ``~M * N + (1 - beta) * (M * A) + beta * (M * N)``, rounded to uint8.
 
-    Returns the image and the mask of the pixels that actually changed (a subset of ``mask``).
+    Pixels outside ``mask`` are exactly the normal image; the ground truth of the result is ``mask`` itself.
     """
     m = mask[..., None].astype(np.float32)
     out = (1 - m) * normal + (1 - beta) * (m * anomaly) + beta * (m * normal)
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     out[~mask] = normal[~mask]  # exact outside the mask whatever the float rounding
-    changed = (out != normal).any(axis=2)
-    return out, changed
+    return out
 
 
 def extended_anomaly(normal: np.ndarray, seen_image: np.ndarray, seen_mask: np.ndarray, target: np.ndarray,
@@ -130,5 +129,4 @@ def extended_anomaly(normal: np.ndarray, seen_image: np.ndarray, seen_mask: np.n
     region_img, region = aug2(recoloured, seen_mask, target, rng)  # R
     cropped = region & target  # C, binarised to M
     beta = float(rng.uniform(*beta_range))
-    image, changed = blend(normal, region_img, cropped, beta)
-    return Anomaly(image, changed, target, "ea")
+    return Anomaly(blend(normal, region_img, cropped, beta), cropped, target, "ea")

@@ -10,7 +10,7 @@ from adcore.synthesis.extended import Anomaly, extended_anomaly
 from adcore.synthesis.foreground import Foreground, whole_image
 from adcore.synthesis.shapes import sample_target_area
 from adcore.synthesis.simulated import heterogenous_anomaly, homologous_anomaly
-from adcore.synthesis.textures import TextureSource
+from adcore.synthesis.textures import TextureSource, is_grayscale
 
 KINDS = ("ea", "hea", "hoa")
 
@@ -31,7 +31,7 @@ class AnomalyGenerator:
         self.normals = normals
         self.size = int(normals.shape[1])
         self.seen = [(img, m.astype(bool)) for img, m in seen if np.asarray(m).any()]
-        self.textures = textures or TextureSource(None, self.size)
+        self.textures = textures or TextureSource(None, self.size, grayscale=is_grayscale(normals))
         self.foreground = foreground or whole_image(self.size)
         unknown = [k for k in kinds if k not in KINDS]
         if unknown:
@@ -59,10 +59,12 @@ class AnomalyGenerator:
             image, mask = self.seen[int(rng.integers(0, len(self.seen)))]
             return extended_anomaly(normal, image, mask, self.target_area(rng, (0.3, 0.7)), rng, self.ea_beta)
         if kind == "hea":
-            return heterogenous_anomaly(normal, self.textures.sample(rng), self.target_area(rng), rng, self.sim_beta)
+            return heterogenous_anomaly(normal, self.textures.sample(rng), self.target_area(rng), rng, self.sim_beta,
+                                        retarget=self.target_area)
         if kind == "hoa":
             source = self.normals[int(rng.integers(0, len(self.normals)))]
-            return homologous_anomaly(normal, source, self.target_area(rng), rng, self.grid, self.sim_beta)
+            return homologous_anomaly(normal, source, self.target_area(rng), rng, self.grid, self.sim_beta,
+                                      retarget=self.target_area)
         raise ValueError(f"anomaly kind {kind!r}: expected one of {KINDS}")
 
     def pick_kind(self, rng: np.random.Generator, slot: str) -> str | None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from adcore.synthesis.foreground import estimate_foreground, whole_image
 from adcore.synthesis.generator import KINDS, AnomalyGenerator
-from adcore.synthesis.textures import TextureSource
+from adcore.synthesis.textures import TextureSource, is_grayscale
 
 
 def _transform(size_or_transform):
@@ -55,9 +55,11 @@ def load_seen(samples: Sequence, size_or_transform) -> list[tuple[np.ndarray, np
 
 def build_generator(normals: np.ndarray, seen: Sequence[tuple[np.ndarray, np.ndarray]] = (),
                     texture_dir: str | Path | None = None, *, target_area: str = "auto",
-                    kinds: Sequence[str] = KINDS, use_target_area: bool = True, grid: int = 8) -> AnomalyGenerator:
+                    kinds: Sequence[str] = KINDS, use_target_area: bool = True, grid: int = 8,
+                    grayscale: bool | None = None) -> AnomalyGenerator:
     """A generator for one category. ``target_area``: "auto" (estimated foreground, whole image for textures),
-    "foreground" (the same estimate) or "whole" (no foreground constraint)."""
+    "foreground" (the same estimate) or "whole" (no foreground constraint). ``grayscale``: textures in grey; None
+    detects it from the normal images (all channels equal: a grayscale category gets grey textures)."""
     size = int(normals.shape[1])
     if target_area == "whole":
         fg = whole_image(size, "target_area=whole")
@@ -65,5 +67,7 @@ def build_generator(normals: np.ndarray, seen: Sequence[tuple[np.ndarray, np.nda
         fg = estimate_foreground(normals)
     else:
         raise ValueError(f"target_area {target_area!r}: expected 'auto', 'foreground' or 'whole'")
-    return AnomalyGenerator(normals, seen, TextureSource(texture_dir, size), fg, kinds=kinds,
+    if grayscale is None:
+        grayscale = is_grayscale(normals)
+    return AnomalyGenerator(normals, seen, TextureSource(texture_dir, size, grayscale=grayscale), fg, kinds=kinds,
                             use_target_area=use_target_area, grid=grid)

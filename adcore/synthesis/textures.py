@@ -1,5 +1,9 @@
 """Texture sources for heterogenous anomalies (HEA): a folder of texture images (DTD in the paper), or
 procedural textures when no folder is given, so that generation never depends on a download.
+
+Textures take the colour mode of the category: on a grayscale category (every normal image has equal channels,
+:func:`is_grayscale`) a colour texture would be an anomaly told apart by its colour alone, a shortcut no real
+defect offers, so the source converts its textures to grey (``grayscale=True``).
 """
 
 from __future__ import annotations
@@ -51,32 +55,60 @@ def procedural_texture(size: int, rng: np.random.Generator, kind: str | None = N
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def is_grayscale(images: np.ndarray, tolerance: int = 2) -> bool:
+    """Whether uint8 images (..., 3) are grey: all three channels equal, up to ``tolerance`` grey levels (a
+    normalise-denormalise round trip with per-channel mean and std can move a channel by one level)."""
+    x = np.asarray(images)
+    if x.shape[-1] != 3 or x.size == 0:
+        return False
+    x = x.astype(np.int16)
+    return bool(np.abs(x[..., 0] - x[..., 1]).max() <= tolerance and np.abs(x[..., 0] - x[..., 2]).max() <= tolerance)
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """A uint8 (H, W, 3) image as grey (ITU-R 601 luma, as PIL's "L"), repeated on the three channels."""
+    grey = np.asarray(Image.fromarray(image).convert("L"))
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def texture_images(folder: str | Path) -> list[Path]:
+    """The image files under ``folder`` (recursively, hidden files skipped), sorted. DataError when the folder is
+    missing or holds no images."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: texture folder not found")
+    paths = sorted(p for p in root.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    if not paths:
+        raise DataError(f"{root}: texture folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
 class TextureSource:
-    """Random textures at a fixed size: images from ``folder`` (searched recursively), or procedural ones.
+    """Random textures at a fixed size: images from ``folder`` (searched recursively), or procedural ones;
+    converted to grey with ``grayscale=True`` (a grayscale category, see the module docstring).
 
     Folder images are decoded and resized once and kept in memory (at most ``max_cached`` of them).
     """
 
-    def __init__(self, folder: str | Path | None, size: int, max_cached: int = 512) -> None:
+    def __init__(self, folder: str | Path | None, size: int, max_cached: int = 512, *,
+                 grayscale: bool = False) -> None:
         self.size = int(size)
         self.folder = Path(folder).expanduser() if folder else None
+        self.grayscale = grayscale
         self.paths: list[Path] = []
         self._cache: dict[int, np.ndarray] = {}
         self.max_cached = max_cached
         if self.folder is not None:
-            if not self.folder.is_dir():
-                raise DataError(f"{self.folder}: texture folder not found (method.prn.texture_dir)")
-            self.paths = sorted(p for p in self.folder.rglob("*")
-                                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
-            if not self.paths:
-                raise DataError(f"{self.folder}: texture folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+            self.paths = texture_images(self.folder)
 
     @property
     def procedural(self) -> bool:
         return self.folder is None
 
     def describe(self) -> str:
-        return "procedural" if self.folder is None else f"{self.folder} ({len(self.paths)} images)"
+        what = "procedural" if self.folder is None else f"{self.folder} ({len(self.paths)} images)"
+        return f"{what}, grayscale" if self.grayscale else what
 
     def _load(self, i: int) -> np.ndarray:
         if i in self._cache:
@@ -92,7 +124,9 @@ class TextureSource:
         return arr
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One texture, uint8 size x size x 3."""
+        """One texture, uint8 size x size x 3 (grey on all three channels with ``grayscale``)."""
         if self.folder is None:
-            return procedural_texture(self.size, rng)
-        return self._load(int(rng.integers(0, len(self.paths)))).copy()
+            texture = procedural_texture(self.size, rng)
+        else:
+            texture = self._load(int(rng.integers(0, len(self.paths)))).copy()
+        return to_grayscale(texture) if self.grayscale else texture

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from adcore.errors import ConfigError, DataError
 from components.fetch.paths import safe_relpath
 from components.fetch.sources import RemoteFile
+from components.secrets import mask_secrets
 
 
 def list_dvc(repo: str, path: str, rev: str) -> list[RemoteFile]:
@@ -16,7 +17,8 @@ def list_dvc(repo: str, path: str, rev: str) -> list[RemoteFile]:
         from dvc.api import DVCFileSystem
     except ImportError:
         raise ConfigError("fetching from a DVC repository needs the 'dvc' and 'dvc-s3' packages") from None
-    where = f"{repo}:{path}@{rev or 'HEAD'}"
+    shown = mask_secrets(repo)  # messages, origins (state file, manifest) never carry the repository's credentials
+    where = f"{shown}:{path}@{rev or 'HEAD'}"
     try:
         fs = DVCFileSystem(repo, rev=rev or None)
         _ = fs.repo  # opens (or clones) the repository at ``rev`` now, so a bad URL or revision fails here
@@ -27,7 +29,8 @@ def list_dvc(repo: str, path: str, rev: str) -> list[RemoteFile]:
     except DataError:
         raise
     except Exception as exc:  # dvc and scmrepo raise many types (SCMError, RevError, CloneError, ...)
-        raise DataError(f"{where}: cannot open the DVC repository or revision ({type(exc).__name__}: {exc})") from None
+        raise DataError(mask_secrets(f"{where}: cannot open the DVC repository or revision "
+                                     f"({type(exc).__name__}: {exc})")) from None
     files = []
     base = PurePosixPath(path)
     for name, info in sorted(infos.items()):
@@ -45,12 +48,13 @@ def list_dvc(repo: str, path: str, rev: str) -> list[RemoteFile]:
             try:
                 fs.get_file(name, str(dest))
             except Exception as exc:
-                raise DataError(f"{repo}:{name}@{rev or 'HEAD'}: download failed ({type(exc).__name__}: {exc}); "
-                                "check the DVC remote and its credentials") from None
+                raise DataError(mask_secrets(f"{shown}:{name}@{rev or 'HEAD'}: download failed "
+                                             f"({type(exc).__name__}: {exc}); check the DVC remote and its "
+                                             "credentials")) from None
 
         size = info.get("size")
-        files.append(RemoteFile(rel, int(size) if size is not None else None, version, f"{repo}:{name}@{rev or 'HEAD'}",
-                                download, md5))
+        files.append(RemoteFile(rel, int(size) if size is not None else None, version,
+                                f"{shown}:{name}@{rev or 'HEAD'}", download, md5))
     if not files:
         raise DataError(f"{where}: no files at this path")
     return files

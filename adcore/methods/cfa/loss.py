@@ -1,7 +1,8 @@
 """CFA's coupled-hypersphere loss (Eq. 1-3) on the distances to the nearest memory items.
 
-Distances are squared Euclidean, as in the reference code; they are compared with r^2 in Eq. 1 and 2, which is
-the consistent reading of "D(phi(p), c) - r^2".
+Distances here are squared Euclidean, as in the reference code's ``_soft_boundary``; they are compared with r^2 in
+Eq. 1 and 2, which is the consistent reading of "D(phi(p), c) - r^2". Scoring (anomaly_map.py, Eq. 5) uses the
+Euclidean distance itself, as the paper and the reference code do.
 """
 
 from __future__ import annotations

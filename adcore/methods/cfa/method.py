@@ -2,7 +2,8 @@
 Localization") as an ``adcore`` method: frozen backbone -> patch descriptor phi -> frozen memory bank C.
 
 Training adapts phi only (plus the radius r): each adapted patch feature is pulled into the hyperspheres of its K
-nearest memory items (Eq. 1) and pushed out of those of the next J (Eq. 2). Scoring is Eq. 5 on the K nearest.
+nearest memory items (Eq. 1) and pushed out of those of the next J (Eq. 2). Scoring is Eq. 5 on the Euclidean
+distances to the K nearest.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from pydantic import Field
 from adcore.config import Section
 from adcore.errors import ConfigError, DataError, ModelFormatError
 from adcore.methods.base import AnomalyModel, FitData, RawPrediction, TrainOptions
-from adcore.methods.cfa.anomaly_map import align_and_average, anomaly_score
-from adcore.methods.cfa.loss import cfa_loss, nearest
+from adcore.methods.cfa.anomaly_map import align_and_average, patch_scores
+from adcore.methods.cfa.loss import cfa_loss
 from adcore.methods.cfa.memory import build_memory_bank
 from adcore.methods.cfa.network import CFANetwork, CFAView
 from adcore.methods.registry import register
+
+#: The scoring rule a model file was fitted with (build_info["score"]): Eq. 5 on Euclidean distances, reference init.
+SCORE_RULE = "eq5-euclidean"
 
 
 class CFAConfig(Section):
@@ -48,8 +52,10 @@ class CFAConfig(Section):
 class CFA(AnomalyModel[CFANetwork]):
     """CFA / CFA++ with the Table 5 ablation switches.
 
-    Paper profile: WideResNet-50-2 (hub weights), C2-C4 (strides 4, 8, 16), resize 256 + centre crop 224, batch 4,
-    30 epochs, AdamW lr 1e-3 wd 5e-4 amsgrad, gamma_c = gamma_d = 1, K = J = 3, r0 = 1e-5, alpha = 0.1, 1/nu = 1000.
+    Paper profile: WideResNet-50-2 with torchvision's ImageNet weights (``wide_resnet50_2.tv_in1k``, as the reference
+    code), C2-C4 (strides 4, 8, 16), resize 256 + centre crop 224, batch 4, 30 epochs, AdamW lr 1e-3 wd 5e-4
+    amsgrad, gamma_c = gamma_d = 1, K = J = 3, r0 = 1e-5, alpha = 0.1, 1/nu = 1000; the descriptor initialised as
+    the reference code's (network.py).
 
     Generalised beyond the paper:
     - any timm backbone with strides 4, 8, 16 (one map per stride; the paper splits EfficientNet's stages into
@@ -64,9 +70,14 @@ class CFA(AnomalyModel[CFANetwork]):
       same centre crop taken from that input, so its map covers the centre of the resized map exactly: it is
       resampled onto that region of the resized view's feature grid (a pure copy for 256/224 at stride 4: 56x56
       cells at offset 4) and the two maps are averaged there; outside the crop only the resized view scores.
+      The two views are trained separately, so their raw maps live on different scales: each view's map is
+      standardised with the mean and standard deviation of its raw maps on the validation images
+      (``FitData.val``, normal; the training images when there are none) before averaging. The paper does not say
+      how it ensembles; its figures min-max scale on the test set, which this never does.
     - ablation 'none' (Table 5, first row): no training; the memory bank and the scores come from the untrained
-      (He-initialised) descriptor over the pre-trained features, as at the start of CFA training.
-    Distances are squared Euclidean, as in the reference code.
+      descriptor over the pre-trained features, as at the start of CFA training.
+    Distances: squared Euclidean in the loss (compared with r^2, as the reference code), Euclidean in the score
+    (Eq. 5, as the paper and the reference code).
     """
 
     name = "cfa"
@@ -127,6 +138,9 @@ class CFA(AnomalyModel[CFANetwork]):
         return images[..., top:top + crop, top:top + crop]
 
     def build_network(self, info: dict[str, Any]) -> CFANetwork:
+        if info.get("score") != SCORE_RULE:
+            raise ModelFormatError("cfa: the model file was written before CFA scored Euclidean distances (Eq. 5) and "
+                                   "initialised its descriptor as the reference code; retrain it")
         names = info.get("views") or []
         if names != self.view_names():
             raise ModelFormatError(f"cfa: model file has views {names}, variant {self.config.variant!r} needs "
@@ -145,9 +159,9 @@ class CFA(AnomalyModel[CFANetwork]):
 
     def fit_network(self, features: dict[str, Any], data: FitData, options: TrainOptions) -> None:
         cfg = self.config
-        # The descriptors' He initialisation, hence the bank, is drawn from the RNG as fit seeded it.
-        network = self.new_network({"views": self.view_names(), "in_channels": int(sum(self.backbone.channels))},
-                                   reseed=False)
+        # The descriptors' initialisation, hence the bank, is drawn from the RNG as fit seeded it.
+        network = self.new_network({"views": self.view_names(), "in_channels": int(sum(self.backbone.channels)),
+                                    "score": SCORE_RULE}, reseed=False)
         feature_shapes = {}
 
         def descriptor_outputs(view: CFAView, feats: Any) -> Iterator[torch.Tensor]:
@@ -164,6 +178,7 @@ class CFA(AnomalyModel[CFANetwork]):
         self.fit_info["n_train"] = len(data.train)
         if cfg.ablation == "none" or cfg.epochs == 0:
             self.fit_info.update({"history": [], "epochs_completed": 0})
+            self._fit_view_scales(network, features, data, options)
             return
 
         use_rep = cfg.ablation == "att+rep"
@@ -179,7 +194,7 @@ class CFA(AnomalyModel[CFANetwork]):
             for name, view in network.named_views():
                 view.descriptor.train()
                 totals = np.zeros(3)
-                n = 0
+                n = rep_steps = 0
                 for _, stages in features[name].batches(cfg.batch_size, shuffle=True, rng=rng, device=self.device):
                     phi = view.descriptor(stages)
                     phi = phi.permute(0, 2, 3, 1).reshape(-1, phi.shape[1])
@@ -190,13 +205,35 @@ class CFA(AnomalyModel[CFANetwork]):
                     optimizers[name].step()
                     totals += [out["loss"].item(), out["att"].item(), out["rep"].item()]
                     n += 1
+                    rep_steps += int(out["rep"].item() > 0)
                 view.descriptor.eval()
                 prefix = "" if name == "main" else f"{name}_"
                 sums.update({f"{prefix}loss": totals[0] / n, f"{prefix}att": totals[1] / n,
-                             f"{prefix}rep": totals[2] / n, f"{prefix}r": float(view.radius.r.detach().abs())})
+                             f"{prefix}rep": totals[2] / n, f"{prefix}rep_steps": rep_steps,
+                             f"{prefix}r": float(view.radius.r.detach().abs())})
             return sums
 
         self.run_epochs(data, options, cfg.epochs, train_epoch, state)
+        self._fit_view_scales(network, features, data, options)
+
+    def _fit_view_scales(self, network: CFANetwork, features: dict[str, Any], data: FitData,
+                         options: TrainOptions) -> None:
+        """CFA++: each view's raw-map mean and standard deviation on the validation images (the training images
+        when there are none), kept in the network so that a saved model scores the same."""
+        views = network.named_views()
+        if not all(view.scaled for _, view in views):
+            return
+        source = "val" if data.val else "train"
+        stats = {}
+        for name, view in views:
+            feats = (self.read_features(data.val, self._view_transform(name, data.transform), options)
+                     if data.val else features[name])
+            with torch.no_grad():
+                maps = torch.cat([self._stage_map(view, stages)
+                                  for _, stages in feats.batches(self.config.batch_size, device=self.device)])
+            view.fit_scale(maps)
+            stats[name] = {"mean": float(view.map_mean), "std": float(view.map_std)}
+        self.fit_info["view_scale"] = {"source": source, "n_images": len(data.val or data.train), **stats}
 
     def memory_info(self) -> dict[str, Any]:
         views = self.check_is_fitted().named_views()
@@ -205,14 +242,19 @@ class CFA(AnomalyModel[CFANetwork]):
         return {"memory_size": int(sum(sizes.values())), "memory_size_per_view": sizes, "memory_dim": dims}
 
     # ---- inference ----------------------------------------------------------------------------------------------
-    def _view_map(self, view: CFAView, name: str, images: torch.Tensor) -> torch.Tensor:
-        """Eq. 5 anomaly map (B, h, w) of one view."""
-        phi = view.descriptor(self.backbone_features(self._view_input(name, images)))
+    def _stage_map(self, view: CFAView, stages: list[torch.Tensor]) -> torch.Tensor:
+        """Raw Eq. 5 anomaly map (B, h, w) of one view from its backbone stage maps."""
+        phi = view.descriptor(stages)
         b, d, h, w = phi.shape
         flat = phi.permute(0, 2, 3, 1).reshape(-1, d)
-        scores = torch.cat([anomaly_score(nearest(chunk, view.bank, self.config.k))
+        scores = torch.cat([patch_scores(chunk, view.bank, self.config.k)
                             for chunk in flat.split(self.config.score_chunk)])
         return scores.reshape(b, h, w)
+
+    def _view_map(self, view: CFAView, name: str, images: torch.Tensor) -> torch.Tensor:
+        """Anomaly map (B, h, w) of one view; CFA++ views standardised with their validation statistics."""
+        raw = self._stage_map(view, self.backbone_features(self._view_input(name, images)))
+        return view.standardize(raw)
 
     def predict_raw(self, images: torch.Tensor) -> RawPrediction:
         network = self.check_is_fitted()

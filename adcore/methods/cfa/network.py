@@ -2,12 +2,19 @@
 
 Patch features: each backbone stage (C2, C3, C4 = strides 4, 8, 16) is 3x3 average pooled so that every position
 sees its neighbourhood, upsampled to the largest map and concatenated (D channels). The descriptor phi is a 1x1
-CoordConv (Liu et al. 2018) to D / gamma_d channels with He initialisation: the coordinate channels let the
-adapted features depend on where in the image a patch is, which the memory bank (one centre per position) uses.
+CoordConv (Liu et al. 2018) to D / gamma_d channels: the coordinate channels let the adapted features depend on
+where in the image a patch is, which the memory bank (one centre per position) uses.
+
+Initialisation: the paper says "He's initializer"; the reference code (utils/coordconv.py) builds the inner
+``nn.Conv2d`` and keeps PyTorch's default, which is He-uniform with a = sqrt(5), i.e. weights and bias uniform in
++-1/sqrt(fan_in) (std 1/sqrt(3 fan_in)). That scale sets the initial distances to the memory bank, hence how far
+r = 1e-5 is from them and the size of the loss, so it follows the reference, not He-normal for ReLU
+(std sqrt(2 / fan_in), sqrt(6) times larger, initial squared distances 6 times larger).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import cast
 
@@ -27,15 +34,23 @@ def add_coords(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, xx, yy], dim=1)
 
 
+def reference_init_(conv: nn.Conv2d) -> None:
+    """The reference descriptor's initialisation (PyTorch's Conv2d default, He-uniform with a = sqrt(5)): weight and
+    bias uniform in +-1/sqrt(fan_in), fan_in = input channels x kernel area (coordinate channels included)."""
+    fan_in = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+    bound = 1.0 / math.sqrt(fan_in)
+    nn.init.uniform_(conv.weight, -bound, bound)
+    if conv.bias is not None:
+        nn.init.uniform_(conv.bias, -bound, bound)
+
+
 class CoordConv1x1(nn.Module):
-    """1x1 convolution over the input plus two coordinate channels, He-initialised (paper Sec. 4.1)."""
+    """1x1 convolution over the input plus two coordinate channels, initialised as the reference code does."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels + 2, out_channels, kernel_size=1)
-        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
-        if self.conv.bias is not None:  # always: the conv is built with a bias
-            nn.init.zeros_(self.conv.bias)
+        reference_init_(self.conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(add_coords(x))
@@ -68,15 +83,40 @@ class Radius(nn.Module):
 
 
 class CFAView(nn.Module):
-    """One model of the ensemble (CFA has one, CFA++ two): descriptor, radius, and the memory bank as a buffer."""
+    """One model of the ensemble (CFA has one, CFA++ two): descriptor, radius, and the memory bank as a buffer.
 
-    def __init__(self, in_channels: int, gamma_d: int, r_init: float, bank_size: int = 0) -> None:
+    ``scaled`` (CFA++): the view also holds the mean and standard deviation of its raw maps on validation images,
+    fitted after training, so that :meth:`standardize` brings both views' maps to one scale before they are averaged.
+    """
+
+    def __init__(self, in_channels: int, gamma_d: int, r_init: float, bank_size: int = 0,
+                 scaled: bool = False) -> None:
         super().__init__()
         self.descriptor = PatchDescriptor(in_channels, gamma_d)
         self.radius = Radius(r_init)
         self.register_buffer("bank", torch.zeros(bank_size, self.descriptor.out_channels))
+        self.scaled = scaled
+        if scaled:
+            self.register_buffer("map_mean", torch.zeros(()))
+            self.register_buffer("map_std", torch.ones(()))
 
     bank: torch.Tensor
+    map_mean: torch.Tensor
+    map_std: torch.Tensor
+
+    @torch.no_grad()
+    def fit_scale(self, maps: torch.Tensor) -> None:
+        """Store the mean and standard deviation of raw maps (any shape) of normal validation images."""
+        values = maps.detach().double().flatten()
+        std = float(values.std()) if values.numel() > 1 else 0.0
+        self.map_mean.fill_(float(values.mean()))
+        self.map_std.fill_(std if math.isfinite(std) and std > 0 else 1.0)
+
+    def standardize(self, maps: torch.Tensor) -> torch.Tensor:
+        """(maps - mean) / std with the fitted validation statistics; unchanged for an unscaled view."""
+        if not self.scaled:
+            return maps
+        return (maps - self.map_mean.to(maps.dtype)) / self.map_std.to(maps.dtype)
 
 
 class CFANetwork(nn.Module):
@@ -86,7 +126,8 @@ class CFANetwork(nn.Module):
                  bank_sizes: dict[str, int] | None = None) -> None:
         super().__init__()
         sizes = bank_sizes or {}
-        self.views = nn.ModuleDict({name: CFAView(in_channels, gamma_d, r_init, sizes.get(name, 0))
+        scaled = len(views) > 1  # an ensemble (CFA++) averages its views' maps on one scale
+        self.views = nn.ModuleDict({name: CFAView(in_channels, gamma_d, r_init, sizes.get(name, 0), scaled)
                                     for name in views})
 
     def view(self, name: str) -> CFAView:

@@ -16,6 +16,21 @@ def distill_loss(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.
     return cast(torch.Tensor, sum(cosine_distance_map(x, y).mean() for x, y in zip(a, b, strict=True)))
 
 
+def align_loss(sf: Sequence[torch.Tensor], p: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Eq. 3's L(SF_i, P_i), unweighted, with the teacher side P_i detached: only the forward student S1 learns
+    from it, FPM_T does not.
+
+    The paper describes L_align only as a constraint on the student, towards P as a fixed target: "本文通过特征
+    蒸馏约束正向学生网络 S_1 提取的原始特征 SF_i 对齐教师网络 T 的适应特征 P_i" (the distillation constrains the raw
+    features SF_i of the forward student S1 to align with the adapted features P_i of the teacher T), "正向学生网络
+    S_1 直接学习教师映射特征 P_i" (S1 learns P_i directly), and states its purpose as "为了加快收敛和保证特征映射模块
+    的作用" (to speed up convergence and to preserve the effect of the FPM). Pulling P_i towards the raw features of
+    a randomly initialised student would work against the latter; FPM_T is constrained by the reverse branch
+    (L_RKD) and by L_KD, as in section 3.2.
+    """
+    return distill_loss(sf, [x.detach() for x in p])
+
+
 def align_beta(epoch: int, align_epochs: int = 20) -> float:
     """Eq. 3's beta: 1 during the first ``align_epochs`` epochs (0-based epoch < align_epochs), 0 after."""
     return 1.0 if epoch < align_epochs else 0.0
