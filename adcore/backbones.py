@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -243,21 +242,35 @@ def _download_s3(uri: str) -> Path:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
     except ImportError:
         raise WeightSourceError(f"backbone weights {uri!r}: s3:// needs boto3 (pip install adcore[mlops])") from None
+    from adcore.io import atomic_path
+
     parsed = urlparse(uri)
-    cache = Path(tempfile.gettempdir()) / "adcore-weights"
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(parsed.path).name
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".part")
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    client = boto3.client("s3")
     try:
-        boto3.client("s3").download_file(parsed.netloc, parsed.path.lstrip("/"), str(tmp))
+        # Keyed by the object's content (ETag, size), in this user's cache: a changed object is fetched again.
+        head = client.head_object(Bucket=bucket, Key=key)
+        version = f"{uri}|{head.get('ETag', '')}|{head.get('ContentLength', '')}"
+        target = weights_cache_dir() / hashlib.sha256(version.encode()).hexdigest()[:16] / Path(key).name
+        if target.is_file() and target.stat().st_size == head.get("ContentLength", -1):
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            client.download_file(bucket, key, str(tmp))
     except NoCredentialsError:
         raise WeightSourceError(
             f"backbone weights {uri!r}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
         ) from None
     except (BotoCoreError, ClientError) as exc:
         raise WeightSourceError(f"backbone weights {uri!r}: download failed ({exc})") from None
-    tmp.replace(target)
     return target
+
+
+def weights_cache_dir() -> Path:
+    """``$ADCORE_WEIGHTS_CACHE``, else ``$XDG_CACHE_HOME/adcore/weights``, else ``~/.cache/adcore/weights``: this
+    user's, not a world-writable temporary folder another user could fill first."""
+    import os
+
+    if os.environ.get("ADCORE_WEIGHTS_CACHE"):
+        return Path(os.environ["ADCORE_WEIGHTS_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adcore" / "weights"

@@ -212,8 +212,6 @@ def test_torchvision_wide_resnet_file_loads_into_the_timm_extractor(tmp_path):
 
 
 def test_torchvision_file_from_s3_and_with_a_dataparallel_prefix(tmp_path, s3_endpoint, monkeypatch):
-    import tempfile
-
     import boto3
 
     for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
@@ -221,8 +219,7 @@ def test_torchvision_file_from_s3_and_with_a_dataparallel_prefix(tmp_path, s3_en
                        "AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
                        "AWS_CONFIG_FILE": "/nonexistent"}.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the download cache: this test's own
-    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("ADCORE_WEIGHTS_CACHE", str(tmp_path / "weights-cache"))  # the download cache: this test's own
     model = _torchvision_model("resnet18", seed=4)
     path = tmp_path / "resnet18-tv.pth"
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
@@ -233,6 +230,15 @@ def test_torchvision_file_from_s3_and_with_a_dataparallel_prefix(tmp_path, s3_en
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     _assert_features_equal(fe(x), _torchvision_layer2_3(model, x))
     assert FeatureExtractor("resnet18.tv_in1k", (8, 16), str(path)).weights_sha256 == fe.weights_sha256
+
+    # The object changes under the same URI: the weights cache is keyed by its content, so the new one is fetched.
+    other = _torchvision_model("resnet18", seed=5)
+    torch.save(other.state_dict(), path)
+    client.upload_file(str(path), "adcore-weights-test", "tv/resnet18-tv.pth")
+    again = FeatureExtractor("resnet18.tv_in1k", (8, 16), "s3://adcore-weights-test/tv/resnet18-tv.pth")
+    assert again.weights_sha256 != fe.weights_sha256
+    _assert_features_equal(again(x), _torchvision_layer2_3(other, x))
+    assert len(list((tmp_path / "weights-cache").glob("*/resnet18-tv.pth"))) == 2
 
 
 def test_paper_profiles_name_torchvision_weights():

@@ -231,7 +231,7 @@ def test_methods_and_config_commands(capsys):
     assert "patchcore" in capsys.readouterr().out
     assert main(["config", "--method", "patchcore", "--profile", "paper", "--set", "data.image_size=128"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["backbone"]["name"] == "wide_resnet50_2" and cfg["data"]["image_size"] == 128
+    assert cfg["backbone"]["name"] == "wide_resnet50_2.tv_in1k" and cfg["data"]["image_size"] == 128
     assert cfg["method"]["coreset_ratio"] == 0.1
 
 
