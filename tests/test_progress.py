@@ -23,6 +23,7 @@ def test_epoch_bar_counts_every_epoch_as_it_finishes(monkeypatch):
 def test_epoch_bar_resumes_from_the_completed_epochs_and_can_be_silenced(monkeypatch):
     err = io.StringIO()
     monkeypatch.setattr(progress.sys, "stderr", err)
+    monkeypatch.delenv("ADCORE_NO_PROGRESS", raising=False)  # `adcore --no-progress` in another test may set it
     with progress.epoch_bar(5, 2, desc="resumed") as bar:
         bar.advance({})
     assert "3/5" in err.getvalue()
