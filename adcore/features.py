@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adcore.io import _UMASK, atomic_write_json, file_sha256
+from adcore.io import _UMASK, atomic_write_json, file_sha256, move_aside
 from adcore.progress import progress
 
 log = logging.getLogger(__name__)
@@ -135,13 +135,9 @@ class FeatureCache:
     @staticmethod
     def _discard(entry: Path) -> None:
         """Move a corrupt entry aside atomically, then delete it (another process may be discarding it too)."""
-        trash = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".old"))
-        trash.rmdir()
-        try:
-            os.rename(entry, trash)
-        except FileNotFoundError:
-            return
-        shutil.rmtree(trash, ignore_errors=True)
+        trash = move_aside(entry)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
     @staticmethod
     def _read(entry: Path, key: str, n: int) -> list[np.ndarray] | None:

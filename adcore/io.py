@@ -155,6 +155,18 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def move_aside(path: Path) -> Path | None:
+    """Rename ``path`` to a fresh hidden sibling (``.<name>.*.old``) and return it; None when ``path`` is gone
+    (another process moved it first). Deleting the sibling afterwards never races with a new ``path``."""
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    old.rmdir()
+    try:
+        os.rename(path, old)
+    except FileNotFoundError:
+        return None
+    return old
+
+
 def _swap_in(tmp: Path, path: Path, before_replace: Callable[[Path], None] | None) -> None:
     """Put the complete directory ``tmp`` at ``path``; whatever was there is removed. Safe with concurrent
     writers of the same ``path`` (the last one wins) and with readers (``path`` is never absent on Linux)."""
@@ -175,11 +187,8 @@ def _swap_in(tmp: Path, path: Path, before_replace: Callable[[Path], None] | Non
                 raise
         # No exchange on this system: move the current version aside, then rename ours in. Another writer may
         # move or install between the two renames; then retry.
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-        old.rmdir()
-        try:
-            os.rename(path, old)
-        except FileNotFoundError:
+        old = move_aside(path)
+        if old is None:
             continue
         _remove(old)
     raise OSError(errno.EBUSY, "could not swap in a new version (too many concurrent writers)", str(path))

@@ -37,8 +37,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from adcore.evaluation import evaluate_model
-    from adcore.metrics import METRIC_KEYS
     from adcore.methods import resolve_settings
+    from adcore.metrics import METRIC_KEYS
     from adcore.training import TrainOptions, train_model
 
     out = Path(args.out)

@@ -40,7 +40,6 @@ from adcore.bench import load_timing_images  # noqa: E402
 from adcore.methods import load_model  # noqa: E402
 from adcore.postprocess import anomaly_maps_to_input, gaussian_blur, upsample  # noqa: E402
 
-
 #: the clock of the stage times: wall (perf_counter) or this process's CPU time (--clock cpu), which other load on
 #: a shared machine barely changes; with one torch thread CPU time equals compute time
 CLOCK = time.perf_counter
@@ -67,7 +66,7 @@ class BackboneTimer:
 
 def stage_times(model, images: torch.Tensor, batch_size: int, repeats: int = 1) -> dict[str, float]:
     """Median per-image milliseconds of each stage over the full batches of ``images``."""
-    sigma = model.blur_sigma if model.blur_sigma is not None else model.settings.postprocess.blur_sigma
+    sigma = model.output_blur_sigma()
     size = tuple(images.shape[-2:])
     n = (len(images) // batch_size) * batch_size
     batches = [images[i:i + batch_size].to(model.device) for i in range(0, n, batch_size)] * repeats

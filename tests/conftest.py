@@ -93,7 +93,8 @@ def tiny_category(tmp_path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """A real S3 HTTP endpoint (moto's server) on 127.0.0.1, shared by the session; each test file uses its own bucket."""
+    """A real S3 HTTP endpoint (moto's server) on 127.0.0.1, shared by the session; each test file uses its own
+    bucket."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -41,7 +41,7 @@ def test_offline_weights_are_deterministic_and_differ_from_random(lite0_offline)
     assert again.weights_sha256 == lite0_offline.weights_sha256
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 64)
-    for a, b in zip(again(x), lite0_offline(x)):
+    for a, b in zip(again(x), lite0_offline(x), strict=True):
         assert torch.equal(a, b)
     rand = FeatureExtractor("tf_efficientnet_lite0", (8, 16), "random")
     assert rand.weights_sha256 == "random" and rand.fingerprint != lite0_offline.fingerprint
@@ -127,7 +127,7 @@ def test_weight_file_round_trip(tmp_path, suffix):
         assert torch.equal(loaded.body.state_dict()[key], value), key
     assert loaded.weights_sha256 != "random"
     x = torch.randn(1, 3, 64, 64)
-    assert all(torch.equal(a, b) for a, b in zip(source(x), loaded(x)))
+    assert all(torch.equal(a, b) for a, b in zip(source(x), loaded(x), strict=True))
     # A file holding a full model's weights (with later stages) fits a truncated extractor too.
     assert FeatureExtractor("resnet18", (8,), str(path)).weights_sha256 != loaded.weights_sha256
 

@@ -69,14 +69,14 @@ def test_timing_fields_agree_with_their_rounds(bench, b):
     assert row[f"timing_rounds_b{b}"] == ROUNDS
     assert all(len(rounds[k]) == ROUNDS for k in ("predict_s", "backbone_s", "predict_cpu_s", "backbone_cpu_s"))
     assert rounds["backbone_first"] == [r % 2 == 0 for r in range(ROUNDS)]  # the order alternates
-    for key, samples in zip(TIMED, (rounds["predict_s"], rounds["backbone_s"])):
+    for key, samples in zip(TIMED, (rounds["predict_s"], rounds["backbone_s"]), strict=True):
         key = key.format(b=b)
         per_image = [1000 * t / b for t in samples]
         assert row[key] == pytest.approx(statistics.median(per_image))
         assert row[f"{key}_min"] == pytest.approx(min(per_image))
         assert row[f"{key}_iqr"] == pytest.approx(iqr(per_image))
         assert row[f"{key}_iqr"] >= 0 and row[f"{key}_min"] <= row[key]
-    ratios = [p / q for p, q in zip(rounds["predict_s"], rounds["backbone_s"])]
+    ratios = [p / q for p, q in zip(rounds["predict_s"], rounds["backbone_s"], strict=True)]
     assert row[f"x_floor_b{b}"] == pytest.approx(statistics.median(ratios))
     assert min(ratios) <= row[f"x_floor_b{b}"] <= max(ratios)
     assert row[f"x_floor_b{b}_iqr"] == pytest.approx(iqr(ratios))

@@ -175,8 +175,10 @@ def test_memory_bank_size_does_not_depend_on_dataset_size(gamma_c):
     for n_images in (3, 17):
         stages = [torch.randn(n_images, 4, 8, 8), torch.randn(n_images, 6, 4, 4), torch.randn(n_images, 6, 2, 2)]
         with torch.no_grad():
-            bank = build_memory_bank(lambda s=stages: (desc([x[i:i + 4] for x in s]) for i in range(0, n_images, 4)),
-                                     gamma_c, seed=0)
+            def outputs(s=stages, n=n_images):
+                return (desc([x[i:i + 4] for x in s]) for i in range(0, n, 4))
+
+            bank = build_memory_bank(outputs, gamma_c, seed=0)
         shapes.append(tuple(bank.shape))
     assert shapes[0] == shapes[1] == (64 // gamma_c, 8)
 

@@ -40,7 +40,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted(demo_root, tmp_path, capsy
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
     hist = [json.loads((tmp_path / d / "model.json").read_text())["fit_info"]["history"] for d in ("full", "resumed")]
-    for ha, hb in zip(*hist):
+    for ha, hb in zip(*hist, strict=True):
         assert {k: v for k, v in ha.items() if k != "epoch_seconds"} == {k: v for k, v in hb.items()
                                                                          if k != "epoch_seconds"}
 

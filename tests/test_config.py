@@ -24,8 +24,8 @@ def test_cpu_and_paper_profiles_differ_where_the_papers_say():
     assert cpu.method.coreset_ratio == pytest.approx(0.01)  # cpu-sized; the paper profile keeps 0.1
     assert paper.method.coreset_ratio == pytest.approx(0.1)
     # The method section is stored complete (defaults filled in), so a saved model records every setting.
-    assert set(cpu.to_dict()["method"]) == {"coreset_ratio", "coreset_min", "projection_dim", "embedding_dim", "patch_size", "reweight_k",
-                               "reweight", "chunk_size"}
+    assert set(cpu.to_dict()["method"]) == {"coreset_ratio", "coreset_min", "projection_dim", "embedding_dim",
+                                            "patch_size", "reweight_k", "reweight", "chunk_size"}
     assert resolve("patchcore").profile == "cpu"  # the default profile
 
 

@@ -266,7 +266,8 @@ def _samples(n: int, defect: str = "good") -> list[Sample]:
 
 
 @pytest.mark.parametrize("n,fraction,min_val,expected", [
-    (10, 0.1, 2, 2), (50, 0.1, 2, 5), (2, 0.5, 2, 1), (1, 0.5, 2, 0), (10, 0.0, 2, 0), (3, 0.1, 5, 2), (40, 0.25, 0, 10),
+    (10, 0.1, 2, 2), (50, 0.1, 2, 5), (2, 0.5, 2, 1), (1, 0.5, 2, 0), (10, 0.0, 2, 0), (3, 0.1, 5, 2),
+    (40, 0.25, 0, 10),
 ])
 def test_train_val_split_sizes(n, fraction, min_val, expected):
     train, val = train_val_split(_samples(n), fraction, seed=0, min_val=min_val)
@@ -396,7 +397,8 @@ def test_make_loader_batches_and_seeded_shuffle(tiny_category):
     assert batches[0]["index"].tolist() == [0, 1, 2] and len(batches[0]["path"]) == 3
 
     def order(seed):
-        return [i for b in make_loader(cat.train, t, batch_size=4, shuffle=True, seed=seed) for i in b["index"].tolist()]
+        loader = make_loader(cat.train, t, batch_size=4, shuffle=True, seed=seed)
+        return [i for b in loader for i in b["index"].tolist()]
 
     assert order(1) == order(1) and sorted(order(1)) == list(range(7))
 

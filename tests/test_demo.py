@@ -74,7 +74,7 @@ def test_defective_images_stand_out_from_normal_variation(demo_root):
         cat = load_category(demo_root, name)
         bank = np.stack([read_image(s.path).astype(np.float32) for s in cat.train])
 
-        def score(path):
+        def score(path, bank=bank):
             x = read_image(path).astype(np.float32)
             # per-pixel distance to the nearest normal image, a high percentile over the image
             d = np.abs(bank - x[None]).mean(axis=3)

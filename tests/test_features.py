@@ -73,14 +73,14 @@ def test_cache_hit_returns_identical_arrays_without_the_backbone(tmp_path, image
     second = _extract(FeatureCache(tmp_path / "cache"), extractor, images)
     assert extractor.calls == 0
     assert second.key == first.key
-    for a, b in zip(first.stages, second.stages):
+    for a, b in zip(first.stages, second.stages, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     # The cached values are the backbone's features (to fp16 precision), in sample order.
     with torch.no_grad():
         direct = extractor(torch.stack([_transform()(np.asarray(Image.open(s.path))) for s in images]))
     got = second.get([4, 0, 2])
-    for d, g in zip(direct, got):
+    for d, g in zip(direct, got, strict=True):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, d[[4, 0, 2]], rtol=2e-3, atol=2e-3)
 
@@ -139,7 +139,7 @@ def test_corrupt_entry_is_rebuilt(tmp_path, images, extractor, damage):
     extractor.calls = 0
     rebuilt = _extract(cache, extractor, images)
     assert extractor.calls == 3
-    for a, b in zip(reference, rebuilt.stages):
+    for a, b in zip(reference, rebuilt.stages, strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
     assert json.loads((entry / "meta.json").read_text())["key"] == rebuilt.key
     extractor.calls = 0
@@ -168,6 +168,6 @@ def test_in_memory_mode_writes_nothing(tmp_path, images, extractor, monkeypatch)
     assert all(isinstance(s, np.ndarray) and not isinstance(s, np.memmap) for s in feats.stages)
     on_disk = _extract(FeatureCache(tmp_path / "cache"), extractor, images)
     assert on_disk.key == feats.key
-    for a, b in zip(feats.stages, on_disk.stages):
+    for a, b in zip(feats.stages, on_disk.stages, strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
     shutil.rmtree(tmp_path / "cache")

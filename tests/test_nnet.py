@@ -328,7 +328,7 @@ def test_blur_on_the_input_map_or_on_the_combined_map(monkeypatch):
         model, _ = tiny_model(f"method.nnet.blur={blur}")
         monkeypatch.setattr(model, "combined_map", lambda images: spike.clone())
         preds[blur] = model.predict(images)
-        assert model.blur_sigma == (0.0 if blur == "map" else None)
+        assert model.output_blur_sigma() == (0.0 if blur == "map" else model.settings.postprocess.blur_sigma)
     # input: upsample to 64 px, then sigma 4 input px; map: sigma 4 map cells (16 input px), then upsample.
     torch.testing.assert_close(preds["input"].maps, gaussian_blur(upsample(spike, (64, 64)), 4.0))
     torch.testing.assert_close(preds["map"].maps, upsample(gaussian_blur(spike, 4.0), (64, 64)))

@@ -54,7 +54,7 @@ def test_timing_summary_pairs_rounds():
     samples = {"predict_s": [0.030, 0.032, 0.100, 0.031], "backbone_s": [0.020, 0.040, 0.021, 0.020],
                "postprocess_s": [0.001] * 4, "predict_cpu_s": [0.06] * 4, "backbone_cpu_s": [0.04] * 4}
     fields = summarise(samples, b)
-    ratios = [p / q for p, q in zip(samples["predict_s"], samples["backbone_s"])]
+    ratios = [p / q for p, q in zip(samples["predict_s"], samples["backbone_s"], strict=True)]
     assert fields["x_floor_b2"] == pytest.approx(statistics.median(ratios))
     assert fields["ms_per_image_b2"] == pytest.approx(1000 * statistics.median(samples["predict_s"]) / b)
     assert fields["ms_per_image_b2_min"] == pytest.approx(15.0)

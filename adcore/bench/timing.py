@@ -43,7 +43,7 @@ def time_inference(model, images, batch_sizes: Sequence[int], rounds: int = DEFA
 
     from adcore.postprocess import anomaly_maps_to_input
 
-    sigma = model.blur_sigma if model.blur_sigma is not None else model.settings.postprocess.blur_sigma
+    sigma = model.output_blur_sigma()
     size = tuple(images.shape[-2:])
     sync = (lambda: torch.cuda.synchronize(model.device)) if model.device.type == "cuda" else (lambda: None)
 

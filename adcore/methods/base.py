@@ -154,6 +154,10 @@ class AnomalyModel(ABC, Generic[NetT]):
     def predict_raw(self, images: torch.Tensor) -> RawPrediction:
         """Anomaly maps for a batch of normalised images (B, 3, H, W) already on ``self.device``."""
 
+    def output_blur_sigma(self) -> float:
+        """Sigma of the Gaussian blur on the input-size map: the class's ``blur_sigma``, else the settings'."""
+        return self.blur_sigma if self.blur_sigma is not None else self.settings.postprocess.blur_sigma
+
     def image_score(self, maps: torch.Tensor) -> torch.Tensor:
         """Image scores (B,) from the final maps (B, H, W) when ``predict_raw`` gives none: the maximum."""
         return maps.flatten(1).max(dim=1).values
@@ -285,7 +289,7 @@ class AnomalyModel(ABC, Generic[NetT]):
         self.check_is_fitted()
         images = images.to(self.device, non_blocking=True)
         raw = self.predict_raw(images)
-        sigma = self.blur_sigma if self.blur_sigma is not None else self.settings.postprocess.blur_sigma
+        sigma = self.output_blur_sigma()
         maps = anomaly_maps_to_input(raw.maps.float(), (images.shape[-2], images.shape[-1]), sigma)
         scores = raw.scores.float() if raw.scores is not None else self.image_score(maps)
         maps, scores = maps.cpu(), scores.cpu()

@@ -123,10 +123,9 @@ class NNet(AnomalyModel[NNetNetwork]):
         },
     }
 
-    @property
-    def blur_sigma(self) -> float | None:  # type: ignore[override]
-        """With ``blur="map"`` predict_raw blurs the combined map itself: the base class must not blur again."""
-        return 0.0 if self.config.blur == "map" else None
+    def output_blur_sigma(self) -> float:
+        """With ``blur="map"`` predict_raw blurs the combined map itself: the input-size map is not blurred again."""
+        return 0.0 if self.config.blur == "map" else super().output_blur_sigma()
 
     def build_network(self, info: dict[str, Any]) -> NNetNetwork:
         return NNetNetwork(self.backbone.name, list(info["channels"]), list(info["strides"]), self.config)
