@@ -71,7 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True, help="folder for heatmaps and predictions.jsonl")
     p.add_argument("--device", default=None)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="raw image score above which an image is defective (default: the model's, from its "
+                        "normaliser)")
     p.add_argument("images", type=Path, nargs="+")
+
+    p = sub.add_parser("export", help="export a trained model's whole inference graph to ONNX or OpenVINO IR")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--format", choices=["onnx", "openvino"], required=True)
+    p.add_argument("--output", type=Path, required=True, help="export folder to write (graph file + export.json)")
+    p.add_argument("--normalize", action="store_true", help="include the score normaliser: scores in [0, 1], "
+                   "threshold 0.5")
+    p.add_argument("--batch-size", type=int, default=1, help="the graph's fixed batch size (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder at --output")
 
     p = sub.add_parser("config", help="print the resolved configuration of a run as JSON")
     p.add_argument("--method", required=True)
@@ -85,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None, help="default: all registered methods")
     p.add_argument("--output", type=Path, default=Path("runs/bench"))
     p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--no-export", action="store_true",
+                   help="skip the ONNX / OpenVINO export and its timings (they need adcore[export])")
     _add_config_args(p)
 
     p = sub.add_parser("quickstart", help="demo data -> train -> evaluate for every method, then a summary table")
@@ -169,8 +183,19 @@ def _synth_grid(args) -> int:
 def _predict(args) -> int:
     from adcore.predict import predict_files
 
-    for line in predict_files(args.model, args.images, args.output, device=args.device):
+    for line in predict_files(args.model, args.images, args.output, device=args.device,
+                              threshold=args.threshold):
         print(json.dumps(line))
+    return 0
+
+
+def _export(args) -> int:
+    from adcore.export import export_model
+
+    record = export_model(args.model, args.format, args.output, normalize=args.normalize,
+                          batch_size=args.batch_size, overwrite=args.overwrite)
+    print(json.dumps({"export_dir": str(args.output), **{k: record[k] for k in ("format", "file", "method", "graph",
+                                                                                 "batch_size", "threshold")}}))
     return 0
 
 
@@ -195,7 +220,7 @@ def _bench(args) -> int:
     from adcore.bench import run_bench
 
     run_bench(args.data_root, args.categories, args.methods, args.output, profile=args.profile, params=args.params,
-              overrides=args.overrides, cache_dir=args.cache_dir)
+              overrides=args.overrides, cache_dir=args.cache_dir, export=not args.no_export)
     return 0
 
 
@@ -207,6 +232,6 @@ def _quickstart(args) -> int:
     return 0
 
 
-COMMANDS = {"demo-data": _demo_data, "train": _train, "evaluate": _evaluate, "predict": _predict,
+COMMANDS = {"demo-data": _demo_data, "train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
             "config": _config, "methods": _methods, "bench": _bench, "synth-grid": _synth_grid,
             "quickstart": _quickstart}

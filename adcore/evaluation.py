@@ -38,11 +38,15 @@ def evaluate_model(
     progress: bool = True,
     write_artifacts: bool = True,
     exclude: Iterable[str] = (),
+    evaluation: Any = None,
 ) -> dict[str, Any]:
-    """Score every test image of ``data_root/category`` (except PRN's seen anomalies) and write the results."""
+    """Score every test image of ``data_root/category`` (except PRN's seen anomalies) and write the results.
+    ``evaluation``: an EvaluationConfig replacing the model's own (dvc: params.yaml's, which training ignores)."""
     from adcore import metrics, viz
 
     model = load_model(model_dir, device=device)
+    if evaluation is not None:
+        model.settings.evaluation = evaluation
     cat = load_category(data_root, category)
     # PRN's seen anomalies trained the model; ``exclude`` removes another model's, to compare on the same split.
     # Matched by <category>/test/<defect>/<file>, not by the full path: the data root at evaluation (another pod's

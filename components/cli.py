@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output_dir")
     p.add_argument("--device", default="")
     p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--params", default="", help="params.yaml whose `evaluation` section replaces the model's")
     _common_tracking(p)
 
     p = sub.add_parser("register", help="log as pyfunc, register, alias challenger, maybe promote to champion")
@@ -80,10 +81,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method")
     p.add_argument("--prefix", default="adcore")
     p.add_argument("--metric", default="image_auroc")
-    p.add_argument("--margin", type=float, default=0.0)
-    p.add_argument("--tolerance", type=float, default=0.02)
+    p.add_argument("--margin", type=float, default=0.0,
+                   help="the CI lower bound of the paired difference must be above this (components.gate)")
+    p.add_argument("--tolerance", type=float, default=0.02, help="largest fall allowed in any other metric")
+    p.add_argument("--floor", type=float, default=0.0, help="absolute minimum of the metric (the first model too)")
+    p.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples (fixed seed)")
+    p.add_argument("--mode", choices=["auto", "manual"], default="auto",
+                   help="manual: a passing model becomes 'candidate'; a person runs `promote`")
     p.add_argument("--data-root", default="", help="to re-evaluate a champion scored on another test split")
+    p.add_argument("--output", default="", help="also write the decision to this JSON file (atomically)")
     _common_tracking(p, track=False)
+
+    p = sub.add_parser("pipeline-summary", help="the summary table on a pipeline run's parent run (dvc's report)")
+    p.add_argument("markdown", help="the summary table (markdown)")
+    p.add_argument("--file", dest="files", action="append", default=[], help="also attach this file (repeatable)")
+    p.add_argument("--rows", default="", help="JSON list of result rows (dvc: reports/results.json) for the metrics "
+                   "and the accuracy-vs-time picture")
+    p.add_argument("--pipeline-run", default="", help="default $ADCORE_PIPELINE_RUN_ID, else dvc-<UTC time>")
+    p.add_argument("--orchestrator", default="dvc")
+    p.add_argument("--adopt", action="store_true", help="model runs without a parent become its children")
+    p.add_argument("--end", action="store_true", help="the pipeline run is over: the parent ends FINISHED")
+    p.add_argument("--experiment", default="", help="MLflow experiment (default $MLFLOW_EXPERIMENT_NAME or adcore)")
+    p.add_argument("--tracking-uri", default="", help="default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+
+    p = sub.add_parser("predict", help="batch scoring: a folder or s3:// prefix scored by a registered model")
+    p.add_argument("source", help="s3://bucket/prefix or a local folder of images")
+    p.add_argument("output_dir")
+    p.add_argument("--model-uri", required=True, help="e.g. models:/adcore-tile-patchcore@champion")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="raw image score above which an image is defective (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--stop-after-batches", type=int, default=0, help="stop after this many batches (resume tests)")
+    _common_tracking(p)
+
+    p = sub.add_parser("promote", help="make a registered version the champion by hand (manual mode)")
+    p.add_argument("category")
+    p.add_argument("method")
+    p.add_argument("--version", type=int, required=True)
+    p.add_argument("--prefix", default="adcore")
+    p.add_argument("--reason", default="", help="recorded on the version")
+    p.add_argument("--tracking-uri", default="", help="default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+
+    p = sub.add_parser("rollback", help="move champion back to the version it replaced; records why")
+    p.add_argument("category")
+    p.add_argument("method")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--prefix", default="adcore")
+    p.add_argument("--tracking-uri", default="", help="default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+
+    p = sub.add_parser("runs-tree", help="print one pipeline run's parent and child runs from the tracking API")
+    p.add_argument("--pipeline-run", default="", help="Kubeflow run id / dvc repro id (default: the latest)")
+    p.add_argument("--experiment", default="", help="MLflow experiment (default $MLFLOW_EXPERIMENT_NAME or adcore)")
+    p.add_argument("--tracking-uri", default="", help="default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     return parser
 
 
@@ -107,10 +156,50 @@ def run(argv: Sequence[str] | None = None) -> dict:
 
         return evaluate(args.pop("model_dir"), args.pop("data_root"), args.pop("category"), args.pop("output_dir"),
                         **args)
+    if step == "predict":
+        from components.predict import batch_predict
+
+        return batch_predict(args.pop("source"), args.pop("output_dir"), **args)
+    if step == "pipeline-summary":
+        import time
+        from pathlib import Path
+
+        from components import tracking
+
+        run_name = tracking.pipeline_run_id(args["pipeline_run"]) or time.strftime("dvc-%Y%m%dT%H%M%SZ", time.gmtime())
+        rows = json.loads(Path(args["rows"]).read_text()) if args["rows"] else []
+        run_id = tracking.log_pipeline_summary(
+            run_name, Path(args["markdown"]).read_text(), rows, files=tuple(args["files"]),
+            experiment=args["experiment"], uri=args["tracking_uri"], orchestrator=args["orchestrator"],
+            adopt=args["adopt"], end=args["end"])
+        return {"pipeline_run": run_name, "parent_run_id": run_id}
+    if step == "promote":
+        from components.register import promote_version
+
+        return promote_version(args.pop("category"), args.pop("method"), **args)
+    if step == "rollback":
+        from components.register import rollback
+
+        return rollback(args.pop("category"), args.pop("method"), **args)
+    if step == "runs-tree":
+        from components.runs_tree import format_tree, run_tree
+
+        tree = run_tree(args["pipeline_run"], experiment=args["experiment"], uri=args["tracking_uri"])
+        print(format_tree(tree), file=sys.stderr)  # the tree for people; stdout keeps the one JSON object
+        return tree
     from components.register import register_model
 
-    return register_model(args.pop("model_dir"), args.pop("metrics_json"), args.pop("category"), args.pop("method"),
-                          **args)
+    output = args.pop("output")
+    decision = register_model(args.pop("model_dir"), args.pop("metrics_json"), args.pop("category"),
+                              args.pop("method"), **args)
+    if output:
+        from pathlib import Path
+
+        from adcore.io import atomic_write_json
+
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(output), decision)
+    return decision
 
 
 def main(argv: Sequence[str] | None = None) -> int:

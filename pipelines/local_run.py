@@ -24,25 +24,34 @@ QUICK_OVERRIDES = ("data.image_size=64", "data.crop_size=null", "method.cfa.epoc
 def run_local(data_uri: str, categories: list[str], methods: list[str], *, workdir: str | Path,
               overrides: list[str] | None = None, profile: str = "cpu", experiment: str = "adcore-local",
               promotion_metric: str = "image_auroc", promotion_margin: float = 0.0,
-              enable_caching: bool = False) -> dict[str, Any]:
-    """Run the pipeline with kfp.local; returns the summary markdown, its path and the wall time."""
+              enable_caching: bool = False, weights_uri: str = "", checkpoint_root: str = "",
+              raise_on_error: bool = True) -> dict[str, Any]:
+    """Run the pipeline with kfp.local; returns the summary markdown, its path and the wall time.
+
+    weights_uri "" keeps the profile's own weights; checkpoint_root "" keeps checkpoints in the pod's folder (the
+    cluster defaults are s3:// URIs). The summary markdown is "" when the night failed before its summary step."""
     from kfp import local
 
-    from pipelines.training import build_pipeline
+    from pipelines.training import PIPELINE_NAME, ClusterSettings, build_pipeline
 
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "kfp-root"),
-               enable_caching=enable_caching, raise_on_error=True)
-    pipeline = build_pipeline()
+    root = workdir / "kfp-root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               enable_caching=enable_caching, raise_on_error=raise_on_error)
+    pipeline = build_pipeline(settings=ClusterSettings(retries=0))  # here a failure is not transient: no retry
+    before = set(root.glob(f"{PIPELINE_NAME}-*"))
     start = time.perf_counter()
-    task = pipeline(data_uri=data_uri, categories=list(categories), methods=list(methods), profile=profile,
-                    overrides=list(overrides or []), experiment=experiment, promotion_metric=promotion_metric,
-                    promotion_margin=promotion_margin)
+    pipeline(data_uri=data_uri, categories=list(categories), methods=list(methods), profile=profile,
+             overrides=list(overrides or []), experiment=experiment, promotion_metric=promotion_metric,
+             promotion_margin=promotion_margin, weights_uri=weights_uri, checkpoint_root=checkpoint_root)
     seconds = time.perf_counter() - start
-    report = task.output  # the summary step's Markdown artifact
-    path = Path(report.path)
-    return {"markdown": path.read_text(), "report": str(path), "seconds": seconds}
+    (run_dir,) = set(root.glob(f"{PIPELINE_NAME}-*")) - before  # kfp.local: a folder per run
+    # kfp allows no pipeline output from inside the exit handler: the table is the summary step's artifact
+    reports = sorted(run_dir.rglob("summary-op/report"))
+    markdown = reports[0].read_text() if reports else ""
+    return {"markdown": markdown, "report": str(reports[0]) if reports else "", "run_dir": str(run_dir),
+            "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:

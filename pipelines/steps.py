@@ -44,9 +44,25 @@ def source_fingerprint(source: str, repo: str = "", rev: str = "") -> str:
     return digest.hexdigest()
 
 
-def prepare_tracking(experiment: str = "", tracking_uri: str = "") -> str:
-    """Create the MLflow store (schema migrations of a new sqlite file) and experiment once, before the parallel
-    steps: concurrent first uses race on both. Returns the experiment id."""
+def category_versions(source: str, categories: Sequence[str], repo: str = "", rev: str = "") -> list[dict[str, str]]:
+    """``[{category, fingerprint}]``: one listing of the source, one fingerprint per requested category, so that a
+    change in one category re-fetches (and retrains) only that one. DataError when a category has no files."""
+    from components.fetch import list_source, select_categories
+
+    items = list_source(source, repo, rev)
+    out = []
+    for category in categories:
+        digest = hashlib.sha256(f"{source}|{repo}|{rev}|{category}".encode())
+        for item in sorted(select_categories(items, [category], source), key=lambda it: it.rel):
+            digest.update(f"\n{item.rel}\t{item.version}".encode())
+        out.append({"category": category, "fingerprint": digest.hexdigest()})
+    return out
+
+
+def prepare_tracking(experiment: str = "", tracking_uri: str = "", pipeline_run: str = "") -> str:
+    """Create the MLflow store (schema migrations of a new sqlite file), the experiment and the parent run of
+    ``pipeline_run`` once, before the parallel steps: concurrent first uses race on them. Returns the experiment
+    id."""
     from components import tracking
 
     uri = tracking.tracking_uri(tracking_uri)
@@ -58,7 +74,10 @@ def prepare_tracking(experiment: str = "", tracking_uri: str = "") -> str:
     name = tracking.experiment_name(experiment)
     try:
         exp = client.get_experiment_by_name(name)
-        return exp.experiment_id if exp is not None else client.create_experiment(name)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+        if pipeline_run:
+            tracking.ensure_parent_run(client, exp_id, pipeline_run)
+        return exp_id
     except MlflowException as exc:
         from components.secrets import mask_secrets
 
@@ -109,6 +128,57 @@ def train_step(method: str, data_root: str, category: str, output_dir: str, *, c
         return train(method, data_root, category, output_dir, cache_dir=scratch, **kwargs)
 
 
+def fetch_weights(uri: str, output_dir: str | Path) -> list[str]:
+    """Copy the backbone weight files under ``uri`` (``s3://bucket/prefix`` or a folder; files named after the
+    backbone, e.g. ``wide_resnet50_2.tv_in1k.pth``) into ``output_dir``; nothing for an empty ``uri``."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    if not uri:
+        return []
+    from components.fetch import list_source
+
+    names = []
+    for item in list_source(uri):
+        if "/" not in item.rel and item.rel.endswith((".pth", ".pt", ".safetensors")):
+            item.download_verified(Path(output_dir) / item.rel)
+            names.append(item.rel)
+    return sorted(names)
+
+
+def weights_overrides(method: str, profile: str, overrides: Sequence[str], weights_dir: str | Path) -> list[str]:
+    """``overrides`` plus ``backbone.weights=<file>`` when ``weights_dir`` holds a file named after the backbone of
+    ``method`` in ``profile`` (weights fetched once per night instead of from the hub in every pod)."""
+    from adcore.methods import resolve_settings
+
+    name = resolve_settings(method, profile or None, None, list(overrides)).backbone.name
+    found = sorted(p for p in Path(weights_dir).glob(f"{name}.*") if p.suffix in (".pth", ".pt", ".safetensors"))
+    return [*overrides, f"backbone.weights={found[0]}"] if found else list(overrides)
+
+
+class CategoryDataOnDemand(os.PathLike):
+    """A dataset path that is downloaded only when something opens it: the register step needs the category's
+    test split only to re-evaluate a champion scored on another split, which most nights it does not."""
+
+    def __init__(self, dataset_uri: str, category: str, scratch: str | Path) -> None:
+        self.dataset_uri, self.category, self.scratch = dataset_uri, category, Path(scratch)
+        self.path: Path | None = None
+
+    def __fspath__(self) -> str:
+        if self.path is None:
+            from components.fetch import fetch_dataset
+
+            # KFP names artifacts in its own MinIO minio://bucket/key: the same S3 API (endpoint: AWS_ENDPOINT_URL)
+            source = "s3://" + self.dataset_uri[len("minio://"):] if self.dataset_uri.startswith("minio://") \
+                else self.dataset_uri
+            fetch_dataset(source, str(self.scratch), categories=[self.category])
+            self.path = self.scratch
+        return str(self.path)
+
+    __str__ = __fspath__
+
+    def __bool__(self) -> bool:
+        return True
+
+
 # --------------------------------------------------------------------------------------------- summary
 
 
@@ -142,11 +212,14 @@ def summary_markdown(results: Iterable[Any], title: str = "adcore results") -> t
 
 
 def log_summary(markdown: str, rows: list[dict[str, Any]], *, experiment: str = "", tracking_uri: str = "",
-                run_name: str = "summary") -> str:
-    """Log the table to MLflow as a run of its own (summary.md, results.json); returns the run id."""
+                run_name: str = "summary", pipeline_run: str = "") -> str:
+    """Log the table to MLflow (summary.md, results.json): on the parent run of ``pipeline_run`` when given, else
+    as a run of its own; returns the run id."""
     from adcore.metrics import METRIC_KEYS
     from components import tracking
 
+    if pipeline_run:
+        return tracking.log_pipeline_summary(pipeline_run, markdown, rows, experiment=experiment, uri=tracking_uri)
     with tracking.open_run("all", "summary", experiment=experiment, uri=tracking_uri) as run:
         run.set_tags({"mlflow.runName": run_name, "adcore.kind": "summary"})
         run.client.log_text(run.run_id, markdown, "summary.md")

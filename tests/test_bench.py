@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from adcore.bench import bench_table, consistency_checks, run_bench
+from adcore.bench.report import export_table
 from adcore.bench.timing import iqr
 from adcore.data.mvtec import load_category
 from adcore.errors import ConfigError, DataError
@@ -104,6 +105,50 @@ def test_bench_writes_json_table_and_plot(bench):
     assert ("x floor < 1: timing noise" in table) == any(rows[0][f"x_floor_b{b}_below_1"] for b in BATCHES)
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_bench_times_the_exports_beside_the_floor(bench):
+    """torch, onnxruntime, OpenVINO and the floor at batch 1 on the CPU: medians of the recorded rounds, the
+    exports equal to predict on the timing images, and their table in bench.md. No speed is asserted."""
+    out, rows = bench
+    row = rows[0]
+    assert "export_error" not in row, row.get("export_error")
+    run = out / "runs" / "tile" / "patchcore"
+    rounds = json.loads((run / "timing.json").read_text())["export_b1"]
+    for engine in ("floor", "torch", "onnxruntime", "openvino"):
+        per_image = [1000 * t for t in rounds[f"{engine}_s"]]
+        assert len(per_image) == ROUNDS and min(per_image) > 0
+        assert row[f"export_{engine}_ms_per_image_b1"] == pytest.approx(statistics.median(per_image))
+        assert row[f"export_{engine}_ms_per_image_b1_iqr"] == pytest.approx(iqr(per_image))
+        cpu = [1000 * t for t in rounds[f"{engine}_cpu_s"]]
+        assert len(cpu) == ROUNDS
+        assert row[f"export_{engine}_cpu_ms_per_image_b1"] == pytest.approx(statistics.median(cpu))
+    for engine in ("torch", "onnxruntime", "openvino"):
+        ratios = [p / q for p, q in zip(rounds[f"{engine}_s"], rounds["floor_s"], strict=True)]
+        assert row[f"export_{engine}_x_floor_b1"] == pytest.approx(statistics.median(ratios))
+    for engine in ("onnxruntime", "openvino"):
+        assert 0 <= row[f"export_{engine}_max_rel_diff_maps"] <= 1e-4
+        assert 0 <= row[f"export_{engine}_max_rel_diff_scores"] <= 1e-4
+    assert (run / "export" / "onnx" / "model.onnx").is_file() and (run / "export" / "openvino" / "model.xml").is_file()
+    table = (out / "bench.md").read_text()
+    assert "Exported inference, batch 1, CPU:" in table
+    header = next(line for line in table.splitlines() if line.startswith("| category | method | torch ms/img"))
+    for col in ("onnxruntime ms/img", "OpenVINO ms/img", "floor ms/img", "ORT CPU ms", "OV max rel diff"):
+        assert col in header
+
+
+def test_bench_command_records_no_export():
+    from adcore.bench.runner import bench_command
+
+    args = ("data", ["tile"], ["patchcore"], "out", "cpu", None, [], None)
+    assert bench_command(*args).endswith("--output out")
+    assert bench_command(*args, export=False).endswith("--output out --no-export")
+
+
+def test_export_table_reports_a_failed_export():
+    rows = [{"category": "c", "method": "m", "status": "ok", "export_error": "ConfigError: no openvino"}]
+    assert "export failed: ConfigError: no openvino" in export_table(rows)
+    assert export_table([{"category": "c", "method": "m", "status": "ok"}]) is None
 
 
 def test_bad_category_fails_before_any_work(demo_root, tmp_path):

@@ -261,7 +261,7 @@ def test_not_fitted_model_is_one_line_and_exit_code_2(monkeypatch, tmp_path, cap
     model = create_model(resolve_settings("patchcore", "cpu", None, ["backbone.name=resnet18",
                                                                      "backbone.weights=random"]))
 
-    def predict_files(model_dir, images, output, device=None):
+    def predict_files(model_dir, images, output, device=None, threshold=None):
         model.predict(__import__("torch").zeros(1, 3, 32, 32))
         yield {}
 

@@ -240,3 +240,16 @@ def test_dvc_fetch_from_git_repo_with_s3_remote(s3_env, demo_root, tmp_path):
 
     with pytest.raises(DataError, match=r"data@no-such-rev: cannot open the DVC repository or revision"):
         fetch_dataset("data", str(tmp_path / "bad"), repo=str(repo), rev="no-such-rev")
+
+
+def test_fetch_downloads_only_the_requested_categories(demo_root, tmp_path):
+    res = fetch_dataset(str(demo_root), str(tmp_path / "widget-only"), categories=["widget"])
+    files = [p.relative_to(tmp_path / "widget-only").as_posix() for p in (tmp_path / "widget-only").rglob("*")
+             if p.is_file() and not p.name.startswith(".") and p.name != "manifest.json"]
+    assert files and all(f.startswith("widget/") for f in files)
+    assert res["downloaded"] == res["files"] == len(files) and res["categories"] == ["widget"]
+    manifest = json.loads(Path(res["manifest"]).read_text())
+    assert {e["path"].split("/")[0] for e in manifest["files"]} == {"widget"}
+    with pytest.raises(DataError, match="no files for categories nosuch"):
+        fetch_dataset(str(demo_root), str(tmp_path / "none"), categories=["widget", "nosuch"])
+    assert not (tmp_path / "none").exists()  # refused before anything was written

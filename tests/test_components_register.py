@@ -1,41 +1,19 @@
-"""The promotion rule of components.register (pure function) and small helpers; the registry itself is in e2e."""
+"""components.register on a real MLflow registry (sqlite in tmp_path): the gate on per-image scores, the champion
+re-evaluated on another split with the challenger's seen anomalies excluded, manual mode, promote, rollback and the
+model card. The gate's rule itself: tests/test_gate.py; against a real `mlflow server`: tests/test_components_e2e.py.
+"""
 
 from __future__ import annotations
 
-import math
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from adcore.errors import ConfigError
-from components.register import decide_promotion, registered_name
+from components.register import registered_name
 from components.tracking import flatten
-
-CHAMP = {"image_auroc": 0.90, "pixel_auroc": 0.95, "pixel_aupro": 0.80}
-
-
-def decide(new, champion=CHAMP, margin=0.01, tolerance=0.02):
-    return decide_promotion(new, champion, metric="image_auroc", margin=margin, tolerance=tolerance)
-
-
-def test_promotes_only_when_better_by_margin_and_nothing_much_worse():
-    ok, reasons = decide({"image_auroc": 0.93, "pixel_auroc": 0.94, "pixel_aupro": 0.80})
-    assert ok and reasons == ["image_auroc 0.9300 beats champion's 0.9000 by +0.0300 (margin 0.01)"]
-    ok, reasons = decide({"image_auroc": 0.905, "pixel_auroc": 0.95, "pixel_aupro": 0.80})
-    assert not ok and "does not beat champion's 0.9000 by the margin 0.01 (+0.0050)" in reasons[0]
-    ok, reasons = decide({"image_auroc": 0.99, "pixel_auroc": 0.90, "pixel_aupro": 0.80})
-    assert not ok and reasons[1] == "pixel_auroc 0.9000 is worse than champion's 0.9500 by more than the tolerance 0.02"
-
-
-def test_missing_metrics_never_promote():
-    assert decide({"pixel_auroc": 0.99}, None) == (False, ["challenger has no image_auroc: a missing metric never "
-                                                           "promotes"])
-    assert decide({"image_auroc": math.nan}, None)[0] is False
-    assert decide({"image_auroc": 0.99}, {"pixel_auroc": 0.5})[1] == [
-        "champion has no image_auroc to compare with: a missing metric never promotes"]
-    ok, reasons = decide({"image_auroc": 0.99, "pixel_auroc": 0.99})  # no pixel_aupro while the champion has one
-    assert not ok and "challenger has no pixel_aupro while champion has 0.8000" in reasons[-1]
-    ok, reasons = decide({"image_auroc": 0.7}, None)
-    assert ok and reasons == ["no champion yet: the first model with image_auroc=0.7000 becomes champion"]
 
 
 def test_names_and_flatten():
@@ -46,43 +24,118 @@ def test_names_and_flatten():
         "data.image_size": "64", "data.mean": "[0.5]", "method_name": "cfa"}
 
 
-def test_registry_on_local_sqlite_reevaluates_champion_on_another_split(demo_root, tmp_path, monkeypatch):
-    """Default store (sqlite in the working folder); a champion scored on another test split is re-evaluated."""
-    import json
-    import shutil
-
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    # an absolute URI: MLflow caches stores by URI, so a relative sqlite:///mlflow.db would be another test's
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "register-test")
     from mlflow import MlflowClient
 
-    from components.evaluate import evaluate
-    from components.register import register_model
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _twin(src: Path, evaluation: Path, dst: Path, **metric_updates) -> tuple[str, str]:
+    """A copy of the model with another content hash (same predictions) and its evaluation folder, re-stamped."""
     from components.tracking import model_fingerprint
+
+    shutil.copytree(src, dst)
+    (dst / "model.json").write_text((src / "model.json").read_text() + " " * len(dst.name))  # a hash per name
+    out = dst.with_name(dst.name + "-eval")
+    shutil.copytree(evaluation, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.update(model_sha256=model_fingerprint(dst), **metric_updates)
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    return str(dst), str(out / "metrics.json")
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root, tmp_path_factory):
+    """One small model and its evaluation (scores.csv, plots), shared by the tests here (read-only)."""
+    from components.evaluate import evaluate
     from components.train import train
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tmp_path = tmp_path_factory.mktemp("trained")
     tr = train("patchcore", str(demo_root), "tile", str(tmp_path / "a"), track=False,
-               overrides=["backbone.weights=random", "data.image_size=32"])
-    ev = evaluate(tr["model_dir"], str(demo_root), "tile", str(tmp_path / "eval"), track=False)
-    first = register_model(tr["model_dir"], ev["metrics_json"], "tile", "patchcore", prefix="t")
-    assert first["decision"] == "promoted" and (tmp_path / "mlflow.db").is_file()
+               overrides=["backbone.weights=random", "data.image_size=32", "evaluation.max_overlays=1"])
+    ev = evaluate(tr["model_dir"], str(demo_root), "tile", str(tmp_path / "a-eval"), track=False)
+    return Path(tr["model_dir"]), Path(ev["metrics_json"])
 
-    # model B claims perfect metrics, but on another test split: not comparable without re-evaluating the champion
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    (tmp_path / "b" / "model.json").write_text((tmp_path / "a" / "model.json").read_text() + "\n")
-    metrics = json.loads(open(ev["metrics_json"]).read())
-    metrics.update({k: 1.0 for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap", "image_ap",
-                                     "image_f1_max", "pixel_f1_max")}, test_split_sha256="another-split",
-                   model_sha256=model_fingerprint(tmp_path / "b"))  # its own hash, or register refuses the file
-    (tmp_path / "b.json").write_text(json.dumps(metrics))
-    no_root = register_model(str(tmp_path / "b"), str(tmp_path / "b.json"), "tile", "patchcore", prefix="t")
-    assert no_root["decision"] == "rejected" and no_root["version"] == 2
-    assert no_root["reasons"].startswith("champion v1 was evaluated on a different test split and no data_root was "
-                                         "given to re-evaluate it; champion v1 has no image_auroc to compare with")
-    with_root = register_model(str(tmp_path / "b"), str(tmp_path / "b.json"), "tile", "patchcore", prefix="t",
-                               data_root=str(demo_root))
-    assert with_root["decision"] == "promoted" and with_root["version"] == 2, with_root
-    assert with_root["reasons"].startswith("champion v1 was re-evaluated on this test split; image_auroc 1.0000 "
-                                           f"beats champion v1's {ev['image_auroc']:.4f}")
-    client = MlflowClient("sqlite:///mlflow.db")
-    assert str(client.get_model_version_by_alias("t-tile-patchcore", "champion").version) == "2"
-    assert client.get_model_version("t-tile-patchcore", "2").tags["promotion.compared_with"] == "1"
+
+def test_gate_manual_mode_promote_rollback_and_card(registry, trained, tmp_path, capsys):
+    from components.cli import main
+    from components.register import register_model
+
+    model, metrics_json = trained
+    first = register_model(str(model), str(metrics_json), "tile", "patchcore", prefix="t")
+    assert first["decision"] == "promoted" and first["version"] == 1 and first["interval"] is None
+    name = "t-tile-patchcore"
+
+    # the same predictions under another hash: a tie, rejected with its interval
+    b, b_metrics = _twin(model, metrics_json.parent, tmp_path / "b")
+    tie = register_model(b, b_metrics, "tile", "patchcore", prefix="t")
+    assert tie["decision"] == "rejected" and tie["interval"] == [0.0, 0.0, 0.0], tie
+    assert tie["reasons"].startswith("image_auroc ") and "does not beat champion v1's" in tie["reasons"]
+    v2 = registry.get_model_version(name, "2")
+    assert v2.tags["promotion.ci_low"] == "0.000000" and v2.tags["promotion.resamples"] == "2000"
+    # the model card: the version's description and an artifact of its run, with the pictures beside it
+    assert v2.description.startswith(f"# {name} v2\n") and "- decision: **rejected** (compared with: 1)" in \
+        v2.description and "| image_auroc |" in v2.description and "![roc](pictures/roc.png)" in v2.description
+    card_files = {a.path for a in registry.list_artifacts(tie["run_id"], "model_card/pictures")}
+    assert "model_card/pictures/roc.png" in card_files
+
+    # manual mode with a gate every challenger passes: the alias candidate, the champion untouched
+    c, c_metrics = _twin(model, metrics_json.parent, tmp_path / "cc")
+    cand = register_model(c, c_metrics, "tile", "patchcore", prefix="t", mode="manual", margin=-1.0, tolerance=1.0)
+    assert cand["decision"] == "candidate" and cand["champion_version"] == 1
+    assert "promote it with `adcore-step promote tile patchcore --version 3`" in cand["reasons"]
+    assert str(registry.get_model_version_by_alias(name, "candidate").version) == "3"
+    assert str(registry.get_model_version_by_alias(name, "champion").version) == "1"
+
+    # a person promotes it, then rolls it back with a reason
+    assert main(["promote", "tile", "patchcore", "--version", "3", "--prefix", "t", "--reason", "card read"]) == 0
+    assert json.loads(capsys.readouterr().out)["champion_version"] == 3
+    assert str(registry.get_model_version_by_alias(name, "champion").version) == "3"
+    assert registry.get_model_version(name, "3").tags["champion.previous"] == "1"
+    assert main(["rollback", "tile", "patchcore", "--prefix", "t", "--reason", "false alarms on line 4"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"name": name, "champion_version": 1, "rolled_back": 3,
+                                                   "reason": "false alarms on line 4"}
+    assert str(registry.get_model_version_by_alias(name, "champion").version) == "1"
+    v3 = registry.get_model_version(name, "3")
+    assert v3.tags["rollback.reason"] == "false alarms on line 4" and v3.tags["rollback.to"] == "1"
+    assert registry.get_registered_model(name).tags["last_rollback"].startswith("v3 -> v1 at ")
+    # v1 was the first champion: nothing to roll back to, one line and exit code 2
+    assert main(["rollback", "tile", "patchcore", "--prefix", "t", "--reason", "again"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: t-tile-patchcore v1 is the first champion (no "
+                                               "champion.previous tag): there is nothing to roll back to; promote a "
+                                               "version with `adcore-step promote`")
+    assert main(["promote", "tile", "patchcore", "--version", "9", "--prefix", "t"]) == 2
+    assert capsys.readouterr().err.strip() == "error: registered model t-tile-patchcore has no version 9"
+
+
+def test_champion_reevaluated_on_another_split_without_the_challengers_seen_anomalies(registry, trained, demo_root,
+                                                                                      tmp_path):
+    """A challenger that saw one anomaly in training (as PRN does) was scored without it: the champion is
+    re-evaluated on that split, without it too, and the paired comparison runs over the same images."""
+    from adcore.evaluation import split_fingerprint
+    from components.register import register_model
+
+    model, metrics_json = trained
+    assert register_model(str(model), str(metrics_json), "tile", "patchcore", prefix="s")["decision"] == "promoted"
+    rows = (metrics_json.parent / "scores.csv").read_text().splitlines()
+    seen = next(r.split(",")[0] for r in rows[1:] if r.split(",")[2] == "1")
+    split = split_fingerprint(demo_root, "tile", [seen])
+    b, b_metrics = _twin(model, metrics_json.parent, tmp_path / "b", excluded_seen_anomalies=[seen],
+                         test_split_sha256=split)
+    Path(b_metrics).with_name("scores.csv").write_text("\n".join(r for r in rows if not r.startswith(seen)) + "\n")
+
+    no_root = register_model(b, b_metrics, "tile", "patchcore", prefix="s")
+    assert no_root["decision"] == "rejected" and no_root["interval"] is None
+    assert no_root["reasons"] == ("champion v1 was evaluated on a different test split and no data_root was given "
+                                  "to re-evaluate it; no paired comparison with champion v1 on common test images: "
+                                  "a missing comparison never promotes")
+    with_root = register_model(b, b_metrics, "tile", "patchcore", prefix="s", data_root=str(demo_root))
+    assert with_root["reasons"].startswith("champion v1 was re-evaluated on this test split; image_auroc ")
+    assert with_root["interval"] == [0.0, 0.0, 0.0] and with_root["decision"] == "rejected"  # same predictions
+    n_images = len(rows) - 1
+    assert registry.get_model_version("s-tile-patchcore", "2").tags["promotion.n_images"] == str(n_images - 1)

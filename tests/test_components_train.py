@@ -46,3 +46,36 @@ def test_stopped_and_resumed_run_equals_uninterrupted(demo_root, tmp_path, capsy
 
     # the comparison is not vacuous: the model saved when the job stopped after one epoch differs
     assert any(not torch.equal(after_one[k], a[k]) for k in a if k.startswith("network."))
+
+
+def test_checkpoints_in_the_object_store_let_a_fresh_pod_resume(demo_root, tmp_path, s3_endpoint, monkeypatch):
+    """A pre-empted pod loses its local folder: the checkpoint mirrored to S3 is all the next pod has."""
+    import boto3
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="train-ckpt")
+    uri = "s3://train-ckpt/checkpoints/tile/frad/abc"
+    cache = str(tmp_path / "cache")
+    full = train("frad", str(demo_root), "tile", str(tmp_path / "full"), overrides=TINY, seed=3, cache_dir=cache,
+                 track=False)
+    assert full["resumed_from_epoch"] == -1
+
+    first = train("frad", str(demo_root), "tile", str(tmp_path / "pod1" / "model"), overrides=TINY, seed=3,
+                  cache_dir=cache, checkpoint_dir=str(tmp_path / "pod1" / "ckpt"), checkpoint_uri=uri,
+                  stop_after_epochs=2, track=False)
+    assert first["resumed_from_epoch"] == -1 and first["epochs"] == 2
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="train-ckpt")["Contents"])
+    assert keys == ["checkpoints/tile/frad/abc/checkpoint.json",
+                    "checkpoints/tile/frad/abc/epoch00001-checkpoint.safetensors"]  # the old epoch's file is gone
+
+    second = train("frad", str(demo_root), "tile", str(tmp_path / "pod2" / "model"), overrides=TINY, seed=3,
+                   cache_dir=cache, checkpoint_dir=str(tmp_path / "pod2" / "ckpt"), checkpoint_uri=uri, track=False)
+    assert second["resumed_from_epoch"] == 1 and second["epochs"] == 3
+    assert "Contents" not in s3.list_objects_v2(Bucket="train-ckpt")  # finished: the copy is removed
+    a = load_tensors(tmp_path / "full" / "model.safetensors")
+    b = load_tensors(tmp_path / "pod2" / "model" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")

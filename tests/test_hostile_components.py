@@ -403,8 +403,12 @@ def test_champion_without_metric_tags_is_re_evaluated_not_a_blocker(demo_root, t
         assert res["decision"] == "rejected" and res["champion_version"] == 1, res
         assert res["reasons"].startswith("champion v1 has no valid metric.image_auroc tag and no data_root was given "
                                          "to re-evaluate it: re-evaluate required (give data_root, --data-root)")
+    # re-evaluated, the champion is compared on evidence: b's own per-image scores (the same predictions, whatever
+    # b.json claims) against the champion's, a tie that the gate rejects
+    shutil.copy(Path(ev["metrics_json"]).with_name("scores.csv"), tmp_path / "scores.csv")
     res = register_model(str(tmp_path / "b"), str(tmp_path / "b.json"), "tile", "patchcore", prefix="h",
                          data_root=str(demo_root))
     assert res["reasons"].startswith("champion v1 had no valid metric.image_auroc tag and was re-evaluated on this "
-                                     f"test split; image_auroc 1.0000 beats champion v1's {ev['image_auroc']:.4f}")
-    assert res["decision"] == "promoted" and res["champion_version"] == 2
+                                     f"test split; image_auroc {ev['image_auroc']:.4f} does not beat champion v1's "
+                                     f"{ev['image_auroc']:.4f} by the margin 0.0: +0.0000, 95% CI [+0.0000, +0.0000]")
+    assert res["decision"] == "rejected" and res["champion_version"] == 1

@@ -70,7 +70,7 @@ def test_kfp_local_pipeline_end_to_end(s3_demo, tmp_path, monkeypatch):
     assert manifests, "fetch wrote no manifest"
     assert "s3://adcore-kfp-data/demo" in manifests[0].read_text()
 
-    # MLflow: one run per method with test metrics, registered champions, and the summary run with its table.
+    # MLflow: one run per method with test metrics, registered champions, and the parent run with the table.
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("adcore-test")
     runs = client.search_runs([exp.experiment_id])
@@ -81,7 +81,11 @@ def test_kfp_local_pipeline_end_to_end(s3_demo, tmp_path, monkeypatch):
         assert "train_seconds" in run.data.metrics
         champion = client.get_model_version_by_alias(f"adcore-{CATEGORY}-{method}", "champion")
         assert champion.tags["promotion.decision"] == "promoted"
-    summary = by_method["summary"]
+    # The parent run of this pipeline run: the table on it, every model run its child, all ended.
+    summary = next(r for r in runs if r.data.tags.get("adcore.kind") == "pipeline")
+    assert summary.info.status == "FINISHED", summary.data.tags.get("adcore.error")
+    assert {by_method[m].data.tags.get("mlflow.parentRunId") for m in METHODS} == {summary.info.run_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}  # nothing left RUNNING
     local = Path(client.download_artifacts(summary.info.run_id, "summary.md", str(tmp_path / "dl")))
     assert local.read_text() == markdown
     rows = json.loads(Path(client.download_artifacts(summary.info.run_id, "results.json",

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +149,43 @@ def test_demo_accuracy(demo_root, category):
     assert metrics.image_auroc(scores, labels) > 0.9
     masks = np.stack([b["mask"].numpy() > 0.5 for b in make_loader(cat.test, model.make_transform(), 64)][0])
     assert metrics.pixel_auroc(maps, masks) > 0.8
+
+
+# ---- the measurement scripts of the cpu profile and the anomalib comparison (benchmarks/) ----------------------------
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_profile_validation_pairs_each_held_out_normal_with_an_anomalous_twin(demo_root):
+    from adcore.data.mvtec import train_val_split
+
+    search = _benchmark_module("cpu_profile_search")
+    images, masks, labels = search.validation_set(demo_root, "tile", 0, 0.25, 2)
+    _, val = train_val_split(load_category(demo_root, "tile").train, 0.25, 0, 2)
+    n = len(val)
+    size = search.SYNTH_SIZE
+    assert images.shape == (2 * n, size, size, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [0] * n + [1] * n
+    assert not masks[:n].any() and all(m.any() for m in masks[n:])
+    # each twin differs from its normal image inside its mask, and only there
+    diff = np.abs(images[n:].astype(int) - images[:n].astype(int)).max(axis=-1)
+    assert all(d[m].max() > 0 and d[~m].max() == 0 for d, m in zip(diff, masks[n:], strict=True))
+    again = search.validation_set(demo_root, "tile", 0, 0.25, 2)
+    assert np.array_equal(again[0], images) and np.array_equal(again[1], masks)  # the same set for every candidate
+
+
+def test_anomalib_side_by_side_skips_with_a_reason_without_anomalib(tmp_path):
+    missing = tmp_path / "no-venv" / "bin" / "python"
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "anomalib_side_by_side.py"), "--anomalib-python",
+                          str(missing), "--out", str(tmp_path / "rows.jsonl")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"skipped: no anomalib environment at {missing} (set --anomalib-python or " \
+                                 "ADCORE_ANOMALIB_PYTHON)"
+    assert not (tmp_path / "rows.jsonl").exists()

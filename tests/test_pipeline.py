@@ -1,6 +1,7 @@
 """The kfp pipeline as compiled: not stale, and carrying the cluster settings that kfp's local runner ignores (GPU,
-node selector, toleration, Secrets, retries, caching). The schedule command against a local stand-in for the KFP
-REST API that records every request."""
+node selector, toleration, per-step Secrets, timeouts, loop parallelism, memory limits, queue labels, retries,
+caching, the exit handler). The schedule command against a local stand-in for the KFP REST API that records every
+request."""
 
 from __future__ import annotations
 
@@ -19,21 +20,34 @@ pytest.importorskip("kfp")
 pytest.importorskip("kfp.kubernetes")
 
 from pipelines.compile import COMPILED, compile_pipeline  # noqa: E402
-from pipelines.training import DEFAULT_CPU_IMAGE, DEFAULT_TRAIN_IMAGE, GPU_TOLERATION, RETRY  # noqa: E402
+from pipelines.training import (  # noqa: E402
+    DEFAULT_CPU_IMAGE,
+    DEFAULT_TRAIN_IMAGE,
+    GPU_TOLERATION,
+    RESOURCES,
+    RETRY,
+    ClusterSettings,
+)
 
-STEPS = {"source-version-op", "fetch-op", "features-op", "plan-op", "train-op", "evaluate-op", "register-op",
-         "summary-op"}
+STEPS = {"source-version-op", "fetch-op", "weights-op", "features-op", "plan-op", "train-op", "evaluate-op",
+         "register-op", "summary-op", "notify-op"}
 GPU_STEPS = {"train-op", "features-op"}
-CACHED = {"fetch-op", "features-op", "plan-op"}
+CACHED = {"fetch-op", "weights-op", "features-op", "plan-op", "train-op", "evaluate-op"}
+#: Secrets each step may see, and no others.
+SECRETS = {"source-version-op": {"adcore-s3", "adcore-mlflow"}, "fetch-op": {"adcore-s3"},
+           "weights-op": {"adcore-s3"}, "features-op": set(), "plan-op": set(),
+           "train-op": {"adcore-s3", "adcore-mlflow"}, "evaluate-op": {"adcore-mlflow"},
+           "register-op": {"adcore-s3", "adcore-mlflow"}, "summary-op": {"adcore-mlflow"},
+           "notify-op": {"adcore-mlflow", "adcore-webhook"}}
 
 
-def _docs() -> tuple[dict, dict]:
-    spec, platform = list(yaml.safe_load_all(COMPILED.read_text()))
+def _docs(text: str | None = None) -> tuple[dict, dict]:
+    spec, platform = list(yaml.safe_load_all(text if text is not None else COMPILED.read_text()))
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
 def _tasks(spec: dict) -> dict[str, dict]:
-    """Every task of the pipeline (root and loop bodies) by component name."""
+    """Every task of the pipeline (root, exit handler and loop bodies) by component name."""
     out = {}
     dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
     for dag in dags:
@@ -42,6 +56,12 @@ def _tasks(spec: dict) -> dict[str, dict]:
             if name in STEPS:
                 out[name] = task
     return out
+
+
+def _loops(spec: dict) -> dict[str, dict]:
+    """The two ParallelFor tasks by name (categories, methods)."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return {t["taskInfo"]["name"]: t for dag in dags for t in dag["tasks"].values() if "parameterIterator" in t}
 
 
 def test_compiled_yaml_is_not_stale(tmp_path):
@@ -61,22 +81,54 @@ def test_compile_is_deterministic_and_images_configurable(tmp_path):
 def test_parameters_and_structure():
     spec, _ = _docs()
     params = spec["root"]["inputDefinitions"]["parameters"]
-    for name in ("data_uri", "categories", "methods", "profile", "promotion_metric", "promotion_margin",
-                 "experiment", "overrides"):
+    for name in ("data_uri", "categories", "methods", "profile", "weights_uri", "checkpoint_root",
+                 "promotion_metric", "promotion_margin", "experiment", "overrides"):
         assert name in params, name
     assert params["categories"]["parameterType"] == "LIST"
     assert params["promotion_margin"]["parameterType"] == "NUMBER_DOUBLE"
+    # what a GPU cluster should run: the paper profile, backbone weights and checkpoints in the object store
+    assert params["profile"]["defaultValue"] == "paper"
+    assert params["weights_uri"]["defaultValue"].startswith("s3://")
+    assert params["checkpoint_root"]["defaultValue"].startswith("s3://")
     assert set(_tasks(spec)) == STEPS
-    # fetch once at the root; two nested loops (categories, then methods); summary collects from inside them
-    root_tasks = {t["componentRef"]["name"] for t in spec["root"]["dag"]["tasks"].values()}
-    assert {"comp-fetch-op", "comp-source-version-op", "comp-summary-op"} <= root_tasks
-    loops = [t for c in spec["components"].values() if "dag" in c for t in c["dag"]["tasks"].values()
-             if "parameterIterator" in t]
-    loops += [t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t]
-    assert len(loops) == 2
+    # the categories loop iterates over source-version's per-category fingerprints; methods over plan's items
+    loops = _loops(spec)
+    assert set(loops) == {"categories", "methods"}
+    assert loops["categories"]["parameterIterator"]["items"]["inputParameter"] == \
+        "pipelinechannel--source-version-op-Output"
+    tasks = _tasks(spec)
+    assert tasks["fetch-op"]["inputs"]["parameters"]["source_version"]["componentInputParameter"] == \
+        "pipelinechannel--source-version-op-Output-loop-item"
+    # one dataset per category: fetch inside the loop; register reads no dataset artifact, only its URI
+    assert "dataset" not in tasks["register-op"]["inputs"].get("artifacts", {})
+    assert "dataset_uri" in tasks["register-op"]["inputs"]["parameters"]
+    # train's cache key holds data digest, code version and settings
+    for name in ("data_digest", "code_version", "profile", "overrides", "checkpoint_root"):
+        assert name in tasks["train-op"]["inputs"]["parameters"], name
     # no step installs packages at run time: the image carries everything
     for name, executor in spec["deploymentSpec"]["executors"].items():
         assert "pip install" not in " ".join(executor["container"]["command"]), name
+
+
+def test_exit_handler_notifies_whatever_happened():
+    spec, _ = _docs()
+    root = spec["root"]["dag"]["tasks"]
+    notify = root["notify-op"]
+    assert notify["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    (handler,) = notify["dependentTasks"]
+    assert notify["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"] == handler
+    assert set(root) == {"notify-op", handler}  # everything else runs inside the handler
+    body = spec["components"][root[handler]["componentRef"]["name"]]["dag"]["tasks"]
+    assert {t["componentRef"]["name"] for t in body.values()} >= {"comp-source-version-op", "comp-summary-op"}
+    assert notify["inputs"]["parameters"]["job_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+
+
+def test_loops_are_bounded():
+    spec, _ = _docs()
+    loops = _loops(spec)
+    defaults = ClusterSettings()
+    assert loops["categories"]["iteratorPolicy"]["parallelismLimit"] == defaults.parallel_categories
+    assert loops["methods"]["iteratorPolicy"]["parallelismLimit"] == defaults.parallel_methods
 
 
 def test_images_gpu_selector_and_toleration():
@@ -97,22 +149,50 @@ def test_images_gpu_selector_and_toleration():
             assert "nodeSelector" not in k8s.get(name, {}) and "tolerations" not in k8s.get(name, {}), step
 
 
-def test_every_step_gets_s3_and_mlflow_secrets_as_env():
+def test_timeouts_limits_queue_labels_and_scratch_on_every_step():
     spec, k8s = _docs()
+    defaults = ClusterSettings()
     assert {n.removeprefix("exec-") for n in k8s} == STEPS
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        step = name.removeprefix("exec-").removesuffix("-op")
+        resources = executor["container"]["resources"]
+        cpu, memory, memory_limit = RESOURCES[step]
+        assert resources["resourceMemoryLimit"] == memory_limit and resources["resourceMemoryRequest"] == memory
+        assert resources["resourceCpuRequest"] == cpu
+        settings = k8s[name]
+        assert settings["activeDeadlineSeconds"] == str(defaults.timeout(step)), name
+        assert 0 < int(settings["activeDeadlineSeconds"]) <= 6 * 3600
+        assert settings["podMetadata"]["labels"] == {"adcore.io/role": "pipeline",
+                                                     "kueue.x-k8s.io/queue-name": "adcore",
+                                                     "kueue.x-k8s.io/priority-class": "adcore-nightly"}
+        scratch = settings.get("emptyDirMounts", [])
+        if step in ("fetch", "features", "train", "evaluate", "register"):
+            assert scratch == [{"volumeName": "scratch", "mountPath": "/tmp", "sizeLimit": defaults.scratch}], name
+        else:
+            assert not scratch, name
+
+
+def test_each_step_gets_only_the_secrets_it_needs():
+    spec, k8s = _docs()
     for name, settings in k8s.items():
+        step = name.removeprefix("exec-")
         env = {}
-        for ref in settings["secretAsEnv"]:
+        for ref in settings.get("secretAsEnv", []):
             for pair in ref["keyToEnv"]:
                 env[pair["envVar"]] = (ref["secretName"], pair["secretKey"], ref.get("optional", False))
-        assert env["AWS_ACCESS_KEY_ID"] == ("adcore-s3", "AWS_ACCESS_KEY_ID", False), name
-        assert env["AWS_SECRET_ACCESS_KEY"] == ("adcore-s3", "AWS_SECRET_ACCESS_KEY", False), name
-        assert env["AWS_ENDPOINT_URL"] == ("adcore-s3", "AWS_ENDPOINT_URL", True), name  # absent for AWS S3
-        assert env["MLFLOW_TRACKING_URI"] == ("adcore-mlflow", "MLFLOW_TRACKING_URI", False), name
-        assert env["MLFLOW_TRACKING_PASSWORD"][2] is True, name
+        assert {secret for secret, _, _ in env.values()} == SECRETS[step], step
+        if "adcore-s3" in SECRETS[step]:
+            assert env["AWS_ACCESS_KEY_ID"] == ("adcore-s3", "AWS_ACCESS_KEY_ID", False), name
+            assert env["AWS_ENDPOINT_URL"] == ("adcore-s3", "AWS_ENDPOINT_URL", True), name  # absent for AWS S3
+        if "adcore-mlflow" in SECRETS[step]:  # MLflow sits behind authentication: all three are required
+            for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                assert env[key] == ("adcore-mlflow", key, False), (name, key)
+        if "adcore-webhook" in SECRETS[step]:
+            assert env["ADCORE_WEBHOOK_URL"] == ("adcore-webhook", "ADCORE_WEBHOOK_URL", True)
     # nothing secret is written into the spec itself
     text = COMPILED.read_text()
     assert not re.search(r"AWS_SECRET_ACCESS_KEY\s*[:=]\s*['\"]?[A-Za-z0-9/+]{16,}", text)
+    assert "hooks.slack.com" not in text and "webhook_url" not in spec["root"]["inputDefinitions"]["parameters"]
 
 
 def test_retry_policy_and_caching_flags():
@@ -128,12 +208,39 @@ def test_retry_policy_and_caching_flags():
     assert _tasks(spec)["register-op"].get("cachingOptions", {}).get("enableCache") is not True
 
 
-def test_source_version_feeds_the_cached_fetch():
-    """A cached fetch must re-run when the data changed: its inputs include the uncached source fingerprint."""
-    spec, _ = _docs()
-    fetch = _tasks(spec)["fetch-op"]
-    assert fetch["inputs"]["parameters"]["source_version"]["taskOutputParameter"]["producerTask"] == \
-        "source-version-op"
+def test_compile_flags(tmp_path, capsys):
+    from pipelines.compile import main
+
+    out = tmp_path / "custom.yaml"
+    assert main(["--output", str(out), "--timeout", "train=7200", "--parallel-categories", "2",
+                 "--parallel-methods", "1", "--queue", "", "--priority", "", "--no-cache-train",
+                 "--legacy-backend"]) == 0
+    spec, k8s = _docs(out.read_text())
+    assert k8s["exec-train-op"]["activeDeadlineSeconds"] == "7200"
+    assert {n: t["iteratorPolicy"]["parallelismLimit"] for n, t in _loops(spec).items()} == {"categories": 2,
+                                                                                             "methods": 1}
+    assert all(s["podMetadata"]["labels"] == {"adcore.io/role": "pipeline"} for s in k8s.values())
+    tasks = _tasks(spec)
+    assert not tasks["train-op"].get("cachingOptions", {}).get("enableCache")
+    assert not tasks["evaluate-op"].get("cachingOptions", {}).get("enableCache")
+    # older backends: no optional Secret keys at all (their drivers reject the field)
+    assert all("optional" not in ref for s in k8s.values() for ref in s.get("secretAsEnv", []))
+    assert main(["--output", str(out), "--timeout", "train=soon"]) == 2
+    assert "--timeout 'train=soon'" in capsys.readouterr().err
+
+
+def test_scratch_sized_from_a_manifest(tmp_path):
+    from pipelines.data_volume import category_bytes, night_bytes, scratch_size
+
+    manifest = tmp_path / "manifest.json"
+    gib = 1024**3
+    manifest.write_text(json.dumps({"files": [
+        {"path": "bottle/train/good/000.png", "size": 3 * gib}, {"path": "bottle/test/good/000.png", "size": gib},
+        {"path": "carpet/train/good/000.png", "size": gib}, {"path": "LICENSE.txt", "size": 5}]}))
+    assert category_bytes(manifest) == {"bottle": 4 * gib, "carpet": gib}
+    assert scratch_size(manifest) == "12Gi"  # 2 x 4 GiB + 4 GiB
+    r = night_bytes({"bottle": 4 * gib, "carpet": gib}, methods=5)
+    assert r["before_bytes"] == 5 * gib * (2 + 2 + 3 * 2 * 5) and r["after_bytes"] == 5 * gib * (3 + 2 * 5)
 
 
 # --------------------------------------------------------------------------------------------- schedule
@@ -374,3 +481,42 @@ def test_training_cache_copy_leaves_the_input_untouched(tmp_path):
     (dst / "new-entry" / "stage0.npy").write_bytes(b"more")
     assert (dst / "entry" / "stage0.npy").read_bytes() == b"features"
     assert sorted(p.name for p in src.iterdir()) == ["entry"]
+
+
+def test_kfp_ui_outputs_roc_and_html_page(tmp_path):
+    """What evaluate_op hands the KFP UI: ClassificationMetrics ROC points and a self-contained HTML page."""
+    from kfp.dsl import ClassificationMetrics
+    from PIL import Image
+
+    from pipelines.ui import evaluation_html, roc_points
+
+    (tmp_path / "overlays").mkdir()
+    (tmp_path / "scores.csv").write_text("path,defect,label,score\na.png,good,0,0.1\nb.png,good,0,0.4\n"
+                                         "c.png,crack,1,0.35\nd.png,crack,1,0.8\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"image_auroc": 0.75, "n_images": 4}))
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "roc.png")
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(tmp_path / "overlays" / "crack_c.png")
+    fpr, tpr, thresholds = roc_points(tmp_path / "scores.csv")
+    assert fpr[0] == 0.0 and tpr[-1] == 1.0 and fpr[-1] == 1.0 and all(t < float("inf") for t in thresholds)
+    # the area under these points is the image AUROC of the metrics: 3 of 4 pairs ordered
+    auc = sum((fpr[i + 1] - fpr[i]) * (tpr[i + 1] + tpr[i]) / 2 for i in range(len(fpr) - 1))
+    assert auc == pytest.approx(0.75)
+    roc = ClassificationMetrics(uri=str(tmp_path / "roc"))
+    roc.log_roc_curve(fpr, tpr, thresholds)
+    assert len(roc.metadata["confidenceMetrics"]) == len(fpr)
+    page = evaluation_html(tmp_path, "tile: patchcore")
+    assert page.count("<img src=\"data:image/png;base64,") == 2 and "crack_c.png" in page
+    assert "<td>image_auroc</td><td>0.7500</td>" in page
+
+
+def test_register_downloads_the_category_only_when_opened(demo_root, tmp_path):
+    import os
+
+    from pipelines.steps import CategoryDataOnDemand
+
+    data = CategoryDataOnDemand(str(demo_root), "widget", tmp_path / "scratch")
+    assert data and not (tmp_path / "scratch").exists()  # truthy for `if data_root:`, nothing fetched yet
+    root = os.fspath(data)
+    assert root == str(data) == str(tmp_path / "scratch")
+    assert sorted(p.name for p in (tmp_path / "scratch").iterdir() if not p.name.startswith(".")) == [
+        "manifest.json", "widget"]

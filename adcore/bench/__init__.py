@@ -7,6 +7,8 @@
   (``adcore.evaluation.evaluate_model``), times, and writes ``runs/<category>/<method>/`` (model, metrics, the
   timing rounds, log);
 - :mod:`adcore.bench.timing`: ``predict`` against the backbone-only floor in paired, alternating rounds;
+- :mod:`adcore.bench.export_timing`: the model exported to ONNX and OpenVINO, ms per image of torch, onnxruntime
+  and OpenVINO on the CPU against the same floor;
 - :mod:`adcore.bench.report`: the markdown table and page, and the checks that the comparison was fair.
 
 Nothing is chosen on the test split: training and calibration see only ``train/good`` (split by the seed); the

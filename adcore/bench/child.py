@@ -31,6 +31,7 @@ def run_one(spec: dict) -> dict[str, Any]:
     """Train, evaluate and time one method on one category; the bench row (see adcore.bench for the keys)."""
     import torch
 
+    from adcore.bench.export_timing import time_exports
     from adcore.bench.timing import load_timing_images, time_inference
     from adcore.evaluation import evaluate_model
     from adcore.io import read_model_meta
@@ -62,6 +63,11 @@ def run_one(spec: dict) -> dict[str, Any]:
     model = load_model(model_dir)
     images = load_timing_images(model, spec["data_root"], spec["category"], spec["n_timing_images"])
     timing, samples = time_inference(model, images, spec["batch_sizes"], spec["timing_rounds"])
+    if spec.get("export", True):
+        step("exporting to ONNX and OpenVINO; timing torch, onnxruntime, OpenVINO and the floor at batch 1")
+        export_fields, samples["export_b1"] = time_exports(model_dir, images, run_dir / "export",
+                                                           spec["timing_rounds"])
+        timing.update(export_fields)
     atomic_write_json(run_dir / "timing.json", samples)  # the rounds behind the medians, to check or re-plot
     meta = read_model_meta(model_dir)
     history = result.history or []

@@ -18,6 +18,26 @@ TIMING_NOTE = (
     "predict / floor; *_cpu_* = the same with process CPU time (all threads of the run), robust to other load; "
     "timing.json in each run folder holds the rounds"
 )
+EXPORT_NOTE = (
+    "exported inference (adcore export, whole graph, batch 1) on the CPU: ms per image, median (IQR) of rounds that "
+    "time the floor (backbone alone), torch predict, onnxruntime and OpenVINO on the same image, the order rotating; "
+    "every runtime with torch's thread count; CPU ms = the same with this process's CPU time (all threads), robust to "
+    "other load; x floor = median per-round ratio to the floor; max rel diff = largest "
+    "|exported - predict| of the maps over the timing images, divided by the range of predict's maps"
+)
+#: (row key, header) of the export table; the time keys get their IQR in brackets.
+EXPORT_COLUMNS = (("export_torch_ms_per_image_b1", "torch ms/img"),
+                  ("export_onnxruntime_ms_per_image_b1", "onnxruntime ms/img"),
+                  ("export_openvino_ms_per_image_b1", "OpenVINO ms/img"),
+                  ("export_floor_ms_per_image_b1", "floor ms/img"),
+                  ("export_torch_cpu_ms_per_image_b1", "torch CPU ms"),
+                  ("export_onnxruntime_cpu_ms_per_image_b1", "ORT CPU ms"),
+                  ("export_openvino_cpu_ms_per_image_b1", "OV CPU ms"),
+                  ("export_floor_cpu_ms_per_image_b1", "floor CPU ms"),
+                  ("export_torch_x_floor_b1", "torch x floor"), ("export_onnxruntime_x_floor_b1", "ORT x floor"),
+                  ("export_openvino_x_floor_b1", "OV x floor"),
+                  ("export_onnxruntime_max_rel_diff_maps", "ORT max rel diff"),
+                  ("export_openvino_max_rel_diff_maps", "OV max rel diff"), ("export_seconds", "export s"))
 BELOW_FLOOR_NOTE = "x floor < 1: timing noise, rerun on a quiet machine"
 #: Four of adcore.metrics.METRIC_KEYS, with their headers; every metric is in bench.json.
 TABLE_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("pixel_aupro", "AUPRO@0.3"),
@@ -53,6 +73,31 @@ def bench_table(rows: list[dict], batch_sizes: Sequence[int]) -> str:
     columns += [("epoch_over_backbone_pass", "epoch / backbone pass"), ("peak_rss_mb", "peak RSS MB"),
                 ("model_mb", "model MB")]
     return markdown_table([_cells(r, batch_sizes, [k for k, _ in columns]) for r in rows], columns)
+
+
+def export_table(rows: list[dict]) -> str | None:
+    """torch / onnxruntime / OpenVINO / floor per run (batch 1, CPU); None when no run was exported."""
+    exported = [r for r in rows if r.get("status") == "ok" and
+                (r.get("export_floor_ms_per_image_b1") is not None or r.get("export_error"))]
+    if not exported:
+        return None
+    columns = [("category", "category"), ("method", "method"), *EXPORT_COLUMNS]
+    lines = []
+    for r in exported:
+        if r.get("export_error"):
+            lines.append({**{k: "" for k, _ in columns}, "category": r["category"], "method": r["method"],
+                          EXPORT_COLUMNS[0][0]: f"export failed: {r['export_error']}"})
+            continue
+        cells = {"category": r["category"], "method": r["method"]}
+        for key, _ in EXPORT_COLUMNS:
+            value = r.get(key)
+            spec = ".1e" if "max_rel_diff" in key else ".2f" if "x_floor" in key else ".1f" if key == "export_seconds" \
+                else ""
+            cells[key] = _number(value, spec)
+            if key.endswith("_ms_per_image_b1") and r.get(f"{key}_iqr") is not None:
+                cells[key] += f" ({_number(r[f'{key}_iqr'])})"
+        lines.append(cells)
+    return markdown_table(lines, columns)
 
 
 def _cells(row: dict, batch_sizes: Sequence[int], keys: list[str]) -> dict[str, str]:
@@ -108,6 +153,9 @@ def markdown_report(report: dict) -> str:
         f"images. `floor` is the frozen backbone's forward pass alone on the same tensors in the same process. "
         f"Feature cache: {report['feature_cache']}. {PEAK_MEMORY_NOTE}",
     ]
+    exports = export_table(rows)
+    if exports is not None:
+        out += ["", "Exported inference, batch 1, CPU:", "", exports, "", f"Export times: {EXPORT_NOTE}."]
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
         out += ["", "Failed runs:"] + [f"- {r['method']} on {r['category']}: "

@@ -19,10 +19,12 @@ from typing import Any
 
 from adcore.bench.report import (
     BELOW_FLOOR_NOTE,
+    EXPORT_NOTE,
     PEAK_MEMORY_NOTE,
     TIMING_NOTE,
     bench_table,
     consistency_checks,
+    export_table,
     markdown_report,
 )
 from adcore.bench.timing import DEFAULT_TIMING_ROUNDS, MIN_TIMING_ROUNDS
@@ -50,12 +52,14 @@ def run_bench(
     n_timing_images: int = N_TIMING_IMAGES,
     timing_rounds: int = DEFAULT_TIMING_ROUNDS,
     timeout: float | None = None,
+    export: bool = True,
 ) -> list[dict]:
     """Train, evaluate and time each method on each category; write bench.json, bench.md, bench.png in ``output``.
 
     ``cache_dir`` None gives every run its own fresh feature cache (so training time always includes the backbone
     pass over the training images); a shared ``cache_dir`` lets later runs reuse features and is recorded as such.
-    A run that fails is recorded with ``status: "failed"`` and its error, and the bench goes on.
+    A run that fails is recorded with ``status: "failed"`` and its error, and the bench goes on. ``export``: also
+    export each model to ONNX and OpenVINO and time them against torch and the floor (adcore.bench.export_timing).
     """
     from adcore.data.mvtec import load_category
     from adcore.methods import method_names, resolve_settings
@@ -77,7 +81,7 @@ def run_bench(
     settings = {"data_root": data_root, "categories": categories, "methods": methods, "output": output,
                 "profile": profile, "params": params, "overrides": list(overrides), "cache_dir": cache_dir,
                 "batch_sizes": batch_sizes, "n_timing_images": int(n_timing_images),
-                "timing_rounds": int(timing_rounds)}
+                "timing_rounds": int(timing_rounds), "export": bool(export)}
     started, load_before = time.strftime("%Y-%m-%d %H:%M:%S"), loadavg()
     rows: list[dict] = []
     total = len(methods) * len(categories)
@@ -93,6 +97,9 @@ def run_bench(
             atomic_write_text(output / "bench.md", markdown_report(report) + "\n")
             plotted = write_plot(output / "bench.png", rows, batch_sizes[-1])
     print(bench_table(rows, batch_sizes), flush=True)
+    exports = export_table(rows)
+    if exports is not None:
+        print(f"\nexported inference, batch 1, CPU (ms per image; {EXPORT_NOTE}):\n{exports}", flush=True)
     print(f"bench: wrote {output / 'bench.json'}, {output / 'bench.md'}"
           + (f", {output / 'bench.png'}" if plotted else " (no plot: no successful run)"), flush=True)
     for warning in report["consistency"]["warnings"]:
@@ -108,7 +115,8 @@ def child_spec(settings: dict, method: str, category: str) -> dict[str, Any]:
             "run_dir": str(run_dir.resolve()), "profile": settings["profile"], "params": settings["params"],
             "overrides": settings["overrides"], "batch_sizes": list(settings["batch_sizes"]),
             "n_timing_images": settings["n_timing_images"], "timing_rounds": settings["timing_rounds"],
-            "cache_dir": str(Path(cache_dir).resolve()) if cache_dir is not None else None}
+            "cache_dir": str(Path(cache_dir).resolve()) if cache_dir is not None else None,
+            "export": settings["export"]}
 
 
 def print_outcome(tag: str, row: dict, b: int) -> None:
@@ -131,7 +139,8 @@ def bench_report(rows: list[dict], settings: dict, started: str, load_before, fi
     """bench.json: how the bench was run, on what, under which load, and every row."""
     return {
         "command": bench_command(**{k: settings[k] for k in ("data_root", "categories", "methods", "output",
-                                                             "profile", "params", "overrides", "cache_dir")}),
+                                                             "profile", "params", "overrides", "cache_dir",
+                                                             "export")}),
         "started": started,
         "finished" if final else "last_update": time.strftime("%Y-%m-%d %H:%M:%S"),
         "environment": environment_record(),
@@ -189,7 +198,8 @@ def run_child(spec: dict, tag: str, timeout: float | None) -> dict:
             **{k: None for k in METRIC_KEYS}, "ms_per_image": None}
 
 
-def bench_command(data_root, categories, methods, output, profile, params, overrides, cache_dir) -> str:
+def bench_command(data_root, categories, methods, output, profile, params, overrides, cache_dir,
+                  export: bool = True) -> str:
     """The ``adcore bench`` command line that reproduces this run."""
     parts = ["adcore", "bench", "--data-root", str(data_root), "--categories", *categories, "--methods", *methods,
              "--profile", profile or "cpu", "--output", str(output)]
@@ -199,6 +209,8 @@ def bench_command(data_root, categories, methods, output, profile, params, overr
         parts += ["--set", o]
     if cache_dir is not None:
         parts += ["--cache-dir", str(cache_dir)]
+    if not export:
+        parts.append("--no-export")
     return shlex.join(parts)
 
 

@@ -92,7 +92,7 @@ def settings_from_dict(tree: dict[str, Any]) -> RunConfig:
 
 #: Top-level keys of params.yaml: adcore's own, then those only dvc.yaml and the pipelines read (see params.yaml).
 ADCORE_KEYS = ("profile", *SHARED_SECTIONS, "method")
-PIPELINE_KEYS = ("categories", "methods", "demo", "fetch", "mlflow")
+PIPELINE_KEYS = ("categories", "methods", "demo", "fetch", "features", "mlflow", "register")
 
 
 def _check_top_level(params: dict[str, Any], source: str) -> None:

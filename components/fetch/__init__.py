@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from components.fetch.mirror import fetch_dataset
 from components.fetch.paths import MANIFEST_FILE, safe_relpath
-from components.fetch.sources import ARCHIVE_SUFFIXES, RemoteFile, list_source
+from components.fetch.sources import ARCHIVE_SUFFIXES, RemoteFile, list_source, select_categories
 from components.fetch.state import STATE_FILE, build_manifest
 from components.fetch.validate import validate_dataset
 
@@ -33,5 +33,6 @@ __all__ = [
     "fetch_dataset",
     "list_source",
     "safe_relpath",
+    "select_categories",
     "validate_dataset",
 ]

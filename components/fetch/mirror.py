@@ -30,7 +30,7 @@ from components.fetch.archives import (
     stream_member,
 )
 from components.fetch.paths import MANIFEST_FILE, resolve_inside
-from components.fetch.sources import DOWNLOAD_THREADS, RemoteFile, list_source, source_kind
+from components.fetch.sources import DOWNLOAD_THREADS, RemoteFile, list_source, select_categories, source_kind
 from components.fetch.state import STAGING_DIR, build_manifest, file_record, is_unchanged, read_state, write_state
 from components.fetch.validate import validate_dataset
 
@@ -132,7 +132,8 @@ def fetch_dataset(source: str, output: str, *, repo: str = "", rev: str = "", ca
 
     source: ``s3://bucket/prefix``, a path inside the git repository ``repo`` (DVC-tracked, at revision ``rev``),
     or a local folder. Archives (.tar, .tar.gz, .tgz, .zip) found in the source are extracted where they lie.
-    categories: the categories to validate (default: every folder with train/good).
+    categories: the only categories fetched and validated (default: all of the source, every folder with
+    train/good validated); files of other categories are neither downloaded nor kept.
     manifest: where to write the manifest JSON (default ``<output>/manifest.json``).
     max_archive_bytes / max_archive_ratio: what one archive may unpack to, in all and relative to its own size
     (see ``components.fetch.archives``); an archive over either is refused before anything is written.
@@ -141,7 +142,8 @@ def fetch_dataset(source: str, output: str, *, repo: str = "", rev: str = "", ca
     t0 = time.perf_counter()
     limits = ArchiveLimits(max_archive_bytes, max_archive_ratio)
     output_path = Path(output).expanduser().absolute()
-    kind, items = source_kind(source, repo), list_source(source, repo, rev)
+    kind = source_kind(source, repo)
+    items = select_categories(list_source(source, repo, rev), categories, source)
     output_path.mkdir(parents=True, exist_ok=True)
     state = read_state(output_path)  # refuses a state naming paths outside the output folder, before any write
     staging = fresh_staging(output_path)

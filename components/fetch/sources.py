@@ -74,6 +74,29 @@ def list_source(source: str, repo: str = "", rev: str = "") -> list[RemoteFile]:
     return list_local(source)
 
 
+def select_categories(items: list[RemoteFile], categories: list[str] | None, source: str) -> list[RemoteFile]:
+    """Only the files of ``categories`` (``<category>/...``, or a ``<category>.tar``-style archive beside them);
+    all files when ``categories`` is empty. DataError naming the source when a category has no file."""
+    if not categories:
+        return items
+    wanted = set(categories)
+
+    def category_of(rel: str) -> str:
+        top = rel.split("/", 1)[0]
+        if "/" not in rel:
+            for suffix in ARCHIVE_SUFFIXES:
+                if top.lower().endswith(suffix):
+                    return top[: -len(suffix)]
+        return top
+
+    kept = [it for it in items if category_of(it.rel) in wanted]
+    missing = sorted(wanted - {category_of(it.rel) for it in kept})
+    if missing:
+        raise DataError(f"{source}: no files for categories {', '.join(missing)} (expected <category>/train/good/... "
+                        "or <category>.tar[.gz] at the top of the source)")
+    return kept
+
+
 def list_local(source: str) -> list[RemoteFile]:
     """A local folder (or one file); version = size and mtime, as cheap to check as a listing."""
     root = Path(source.removeprefix("file://")).expanduser()
