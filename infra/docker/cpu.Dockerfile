@@ -11,6 +11,9 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG ADCORE_EXTRAS=mlops
+# The commit the image was built from, tagged on every MLflow run (`docker build --build-arg ADCORE_GIT_COMMIT=$(git rev-parse HEAD)`).
+ARG ADCORE_GIT_COMMIT=""
+ENV ADCORE_GIT_COMMIT=${ADCORE_GIT_COMMIT}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

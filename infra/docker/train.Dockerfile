@@ -10,6 +10,9 @@
 FROM python:3.11.14-slim-bookworm
 
 ARG ADCORE_EXTRAS=mlops
+# The commit the image was built from, tagged on every MLflow run (`docker build --build-arg ADCORE_GIT_COMMIT=$(git rev-parse HEAD)`).
+ARG ADCORE_GIT_COMMIT=""
+ENV ADCORE_GIT_COMMIT=${ADCORE_GIT_COMMIT}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
