@@ -67,20 +67,6 @@ def _number(value: Any) -> float | None:
     return number(value)
 
 
-def _signature():
-    """Explicit signature (no input_example, which would pickle the loaded weights into the logged model)."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
-
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,), "scores"),
-                        TensorSpec(np.dtype(np.float32), (-1, -1, -1), "maps")]),
-        params=ParamSchema([ParamSpec("normalize", "boolean", False)]),
-    )
-
-
 def _requirements() -> list[str]:
     """What the logged model needs besides its own copy of adcore (code_paths): adcore's runtime dependencies and
     mlflow, each pinned to the version installed here (the one the model was trained and checked with)."""
