@@ -269,3 +269,41 @@ def test_demo_run_is_clearly_above_chance(demo_root, tmp_path):
     assert len(result["excluded_seen_anomalies"]) == 2 and result["n_anomalous"] == 10
     assert result["image_auroc"] > 0.7
     assert result["pixel_auroc"] > 0.7
+
+
+# ---- the paper profile, end to end on the CPU (ResNet-18 with random weights, tiny images, DTD from a temp folder) --
+def test_paper_profile_runs_end_to_end(demo_root, tmp_path):
+    from PIL import Image
+
+    dtd = tmp_path / "dtd" / "striped"
+    dtd.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):  # a few colour "textures": stripes plus noise
+        stripes = (np.sin(np.arange(48) / (2 + i))[None, :, None] * 100 + 128).repeat(48, 0).repeat(3, 2)
+        noisy = np.clip(stripes + rng.normal(0, 20, (48, 48, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(dtd / f"striped_{i}.jpg")
+    settings = resolve_settings("prn", "paper", None, [
+        "backbone.weights=random", "data.image_size=64", "train.device=cpu", "train.seed=0",
+        "method.prn.epochs=1", "method.prn.steps_per_epoch=1", "method.prn.n_seen=2",
+        f"method.prn.texture_dir={tmp_path / 'dtd'}"])
+    m = settings.method
+    assert settings.backbone.name == "resnet18.tv_in1k" and (m.msa_depth, m.width, m.output_stride) == (3, None, 1)
+    assert (m.batch_normal, m.batch_ea, m.batch_sim) == (32, 16, 16) and m.attention_scale == "c"
+    seed_everything(0)
+    model = create_model(settings)
+    assert model.backbone.channels == [64, 128, 256, 512]  # layers 1-3 for the skips, layer4 into the decoder
+    cat = load_category(demo_root, "tile")
+    _fit(model, cat, n_seen=2)
+    info = model.fit_info
+    assert info["textures"].startswith(str(tmp_path / "dtd")) and "(3 images)" in info["textures"]
+    assert info["anomaly_kinds"] == ["ea", "hea", "hoa"]
+    assert info["n_prototypes"] == [2, 2, 2] and len(info["history"]) == 1  # 10 % of 16 normals per scale
+    assert np.isfinite(info["history"][0]["loss"])
+    images = torch.stack([model.make_transform()(read_image(s.path)) for s in cat.test[:4]])
+    pred = model.predict(images)
+    assert pred.maps.shape == (4, 64, 64) and pred.scores.shape == (4,)
+    assert torch.isfinite(pred.maps).all() and ((pred.maps >= 0) & (pred.maps <= 1)).all()
+    model.save(tmp_path / "paper")
+    again = load_model(tmp_path / "paper", device="cpu").predict(images)
+    torch.testing.assert_close(again.maps, pred.maps, rtol=0, atol=1e-6)
+    torch.testing.assert_close(again.scores, pred.scores, rtol=0, atol=1e-6)
