@@ -4,8 +4,9 @@ Each run trains through ``adcore.training.train_model`` and evaluates through ``
 (the code of ``adcore train`` / ``adcore evaluate``). Runs of a category share one feature cache (``--cache``), so the
 frozen backbone's pass over the training images is paid once per (backbone, size) and the timings are the head's.
 A variant is a name, then ``KEY=VALUE`` overrides on top of the profile; ``method=NAME`` trains another method
-(PatchCore beside PRN) and ``exclude_seen_from=VARIANT`` evaluates it without the seen anomalies of that variant's
-model with the same seed (PRN's reduced test split).
+(PatchCore beside PRN), ``exclude_seen_from=VARIANT`` evaluates it without the seen anomalies of that variant's
+model with the same seed (PRN's reduced test split), and ``model=PATH`` evaluates a model trained earlier instead of
+training one (``{seed}`` in PATH is replaced by the seed; its train seconds are then those recorded in the model).
 
     .venv/bin/python benchmarks/ablation.py --method prn --category magnetic_tile --seeds 0 1 2 \\
         --variant full --variant no_mp method.prn.use_mp=false \\
@@ -30,12 +31,12 @@ KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")
 
 def parse_variant(spec: list[str], default_method: str) -> dict:
     name, *items = spec
-    variant = {"name": name, "method": default_method, "exclude_seen_from": None, "overrides": []}
+    variant = {"name": name, "method": default_method, "exclude_seen_from": None, "model": None, "overrides": []}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--variant {name}: {item!r} is not KEY=VALUE")
-        if key in ("method", "exclude_seen_from"):
+        if key in ("method", "exclude_seen_from", "model"):
             variant[key] = value
         else:
             variant["overrides"].append(item)
@@ -103,23 +104,28 @@ def main() -> None:
         for v in variants:
             if (v["name"], seed) in done:
                 continue
-            settings = resolve_settings(v["method"], args.profile, None, [*v["overrides"], f"train.seed={seed}"])
-            model_dir = models / f"{args.category}_{v['name']}_s{seed}"
-            t0 = time.perf_counter()
-            result = train_model(settings, args.data_root, args.category, model_dir,
-                                 TrainOptions(progress=False, cache_dir=cache), overwrite=True)
-            wall = time.perf_counter() - t0
+            if v["model"]:
+                model_dir = Path(v["model"].replace("{seed}", str(seed)))
+                meta = json.loads((model_dir / "model.json").read_text())
+                seconds = wall = float(meta.get("fit_info", {}).get("train_seconds") or meta.get("train_seconds") or 0)
+            else:
+                settings = resolve_settings(v["method"], args.profile, None, [*v["overrides"], f"train.seed={seed}"])
+                model_dir = models / f"{args.category}_{v['name']}_s{seed}"
+                t0 = time.perf_counter()
+                seconds = train_model(settings, args.data_root, args.category, model_dir,
+                                      TrainOptions(progress=False, cache_dir=cache), overwrite=True).seconds
+                wall = time.perf_counter() - t0
             exclude: list[str] = []
             if v["exclude_seen_from"]:
                 other = models / f"{args.category}_{v['exclude_seen_from']}_s{seed}"
                 exclude = list(load_model(other, device="cpu").fit_info.get("seen_anomalies") or [])
-            eval_json = model_dir.parent / f"{model_dir.name}_eval.json"
+            eval_json = models / f"{args.category}_{v['name']}_s{seed}_eval.json"
             metrics = evaluate_model(model_dir, args.data_root, args.category, eval_json, progress=False,
                                      write_artifacts=False, exclude=exclude)
             fit_info = json.loads((model_dir / "model.json").read_text()).get("fit_info", {})
             row = {"variant": v["name"], "method": v["method"], "category": args.category, "seed": seed,
                    "profile": args.profile, "overrides": v["overrides"], "exclude_seen_from": v["exclude_seen_from"],
-                   "train_seconds": round(result.seconds, 1), "train_wall_seconds": round(wall, 1),
+                   "train_seconds": round(seconds, 1), "train_wall_seconds": round(wall, 1),
                    "n_test": metrics["n_images"],
                    "history_length": len(fit_info.get("history") or []),
                    "last_loss": (fit_info.get("history") or [{}])[-1].get("loss"),

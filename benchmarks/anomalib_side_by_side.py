@@ -1,4 +1,5 @@
-"""Our PatchCore and CFA against anomalib's at equal settings, on the same input tensors, scored by the same metrics.
+"""Our PatchCore, CFA and reverse distillation against anomalib's at equal settings, on the same input tensors,
+scored by the same metrics.
 
 anomalib is not a dependency of the project: it runs in its own virtual environment (``--anomalib-python``,
 default ``$ADCORE_ANOMALIB_PYTHON`` or /work/anomalib-venv/bin/python, made with ``python3.11 -m venv`` and
@@ -16,6 +17,20 @@ Lightning module's steps, without its Engine): PatchCore = collect embeddings, `
 ``initialize_centroid``, then AdamW (lr 1e-3, wd 5e-4, amsgrad) on ``CfaLoss`` as its ``training_step`` /
 ``configure_optimizers``. anomalib's CFA accepts only torchvision backbones by name, so its extractor and the
 descriptor's 1x1 CoordConv are swapped for the same Lite0 stages and a CoordConv of the matching width.
+
+Reverse distillation (``--methods rd``): ours is N-Net's reverse-only switch (``method.nnet.branch=reverse
+method.nnet.fpm=false method.nnet.nfs=false method.nnet.ffc=false`` = RD4AD) against anomalib's
+``ReverseDistillation``. anomalib builds RD's bottleneck and decoder only for ResNet names and the only offline
+ImageNet weights are EfficientNet-Lite's, so both sides use ``resnet18`` layer1..layer3 with the SAME random weights
+(``backbone.weights=random``: our teacher's state dict, loaded into anomalib's encoder by parameter name): absolute
+figures are low, the comparison is of the two implementations. Each side keeps its own RD defaults: ours the cpu
+profile's (Adam lr 0.005, betas (0.5, 0.999), per-position cosine loss, decoder ``method.nnet.decoder_blocks``
+bottleneck blocks per stage, maps summed, blur sigma 4 at the input size), anomalib's its Lightning module's (Adam
+lr 0.005, betas (0.5, 0.99) on bottleneck + decoder, RD4AD's code's cosine of each flattened map, de-ResNet18 with 2
+basic blocks per stage, maps added, blur sigma 4); same epochs, batch size, images.
+
+    .venv/bin/python benchmarks/anomalib_side_by_side.py --data-root ../shared/data --methods rd \
+        --categories magnetic_tile --seeds 0
 
 Times: ours = ``adcore train`` fit (decoding, backbone, coreset / epochs, calibration); anomalib = its fit on
 ready tensors (no decoding). Under load they are labelled so by the caller.
@@ -39,6 +54,11 @@ from pathlib import Path
 DEFAULT_ANOMALIB_PYTHON = "/work/anomalib-venv/bin/python"
 # Lite0 stage names (timm feature_info modules) for the strides our methods use.
 LITE0_LAYERS = {4: "blocks.1", 8: "blocks.2", 16: "blocks.4"}
+#: ResNet stage names for the same strides (reverse distillation)
+RESNET_LAYERS = {4: "layer1", 8: "layer2", 16: "layer3"}
+#: our reverse-only N-Net switch = RD4AD (fpm, nfs, ffc off)
+RD_OVERRIDES = ["method.nnet.branch=reverse", "method.nnet.fpm=false", "method.nnet.nfs=false",
+                "method.nnet.ffc=false", "backbone.name=resnet18", "backbone.weights=random"]
 
 
 # ------------------------------------------------------------------------------------------------ anomalib side
@@ -55,7 +75,7 @@ def worker(spec_path: Path) -> None:
     weights = load_file(spec["weights"])
     train = torch.from_numpy(np.load(spec["train"])).float()
     test = torch.from_numpy(np.load(spec["test"])).float()
-    layers = [LITE0_LAYERS[s] for s in spec["strides"]]
+    layers = [(RESNET_LAYERS if spec["method"] == "rd" else LITE0_LAYERS)[s] for s in spec["strides"]]
 
     def load_weights(module: torch.nn.Module) -> None:
         missing, unexpected = module.load_state_dict(weights, strict=False)
@@ -76,6 +96,30 @@ def worker(spec_path: Path) -> None:
                 model(batch)
             model.subsample_embedding(spec["coreset_ratio"])
         info = {"memory_size": int(model.memory_bank.shape[0])}
+    elif spec["method"] == "rd":
+        from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
+        from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
+
+        model = ReverseDistillationModel(backbone=spec["backbone"], input_size=tuple(train.shape[-2:]),
+                                         layers=layers, anomaly_map_mode="add", pre_trained=False)
+        missing, unexpected = model.encoder.feature_extractor.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise SystemExit(f"anomalib worker: weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        loss_fn = ReverseDistillationLoss()
+        # As anomalib's ReverseDistillation.configure_optimizers.
+        optimizer = torch.optim.Adam(list(model.decoder.parameters()) + list(model.bottleneck.parameters()),
+                                     lr=0.005, betas=(0.5, 0.99))
+        generator = torch.Generator().manual_seed(spec["seed"])
+        for _ in range(spec["epochs"]):
+            model.train()
+            for idx in torch.randperm(len(train), generator=generator).split(spec["batch_size"]):
+                if len(idx) < spec["batch_size"]:  # the last short batch is dropped, as on our side
+                    continue
+                loss = loss_fn(*model(train[idx]))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        info = {"memory_size": None}
     else:
         from anomalib.models.image.cfa import torch_model as cfa_torch
         from anomalib.models.image.cfa.loss import CfaLoss
@@ -157,12 +201,13 @@ def run_pair(args, method: str, category: str, seed: int, work: Path) -> list[di
     from adcore.metrics import compute_all
     from adcore.training import TrainOptions, train_model
 
-    overrides = [f"train.seed={seed}", *args.overrides.get(method, [])]
+    our_method = "nnet" if method == "rd" else method
+    overrides = [f"train.seed={seed}", *(RD_OVERRIDES if method == "rd" else []), *args.overrides.get(method, [])]
     if method == "patchcore":
         overrides += [f"method.patchcore.coreset_ratio={args.coreset_ratio}", "method.patchcore.coreset_min=0"]
     if method == "cfa" and args.cfa_epochs is not None:
         overrides.append(f"method.cfa.epochs={args.cfa_epochs}")
-    settings = resolve_settings(method, "cpu", None, overrides)
+    settings = resolve_settings(our_method, "cpu", None, overrides)
     result = train_model(settings, args.data_root, category, work / "ours",
                          TrainOptions(progress=False, cache_dir=work / "cache"), overwrite=True)
     model = load_model(work / "ours")
@@ -194,6 +239,8 @@ def run_pair(args, method: str, category: str, seed: int, work: Path) -> list[di
             "out_info": str(work / "a_info.json"), "threads": torch.get_num_threads()}
     if method == "patchcore":
         spec.update(coreset_ratio=cfg.coreset_ratio)
+    elif method == "rd":
+        spec.update(epochs=cfg.epochs)
     else:
         spec.update(batch_size=cfg.batch_size, epochs=cfg.epochs, k=cfg.k, j=cfg.j, gamma_c=cfg.gamma_c,
                     gamma_d=cfg.gamma_d, r_init=cfg.r_init)
@@ -243,7 +290,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--methods", nargs="+", default=["patchcore", "cfa"], choices=["patchcore", "cfa"])
+    parser.add_argument("--methods", nargs="+", default=["patchcore", "cfa"], choices=["patchcore", "cfa", "rd"])
     parser.add_argument("--categories", nargs="+", default=["magnetic_tile", "pcb"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--coreset-ratio", type=float, default=0.1, help="PatchCore, both sides (issue: 10%%)")
