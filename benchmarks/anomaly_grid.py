@@ -4,8 +4,8 @@
         --output runs/prn_grid_magnetic_tile.png [--texture-dir ../shared/data/dtd] [--n-seen 10] [--image-size 256]
 
 Each row is one kind; each pair shows the anomalous image (target area outlined in blue) and its mask (white:
-the anomaly region the model is trained to find, dark blue: the rest of the target area). Seen anomalies are drawn from the test split with
-``--seed`` exactly as training draws them.
+the anomaly region the model is trained to find, dark blue: the rest of the target area). Seen anomalies are drawn
+from the test split with ``--seed`` exactly as training draws them.
 """
 
 from __future__ import annotations
