@@ -5,13 +5,31 @@ every position an explicit summary of the whole map: the map t (C_i x H_i x W_i)
 region is averaged (eq. 5), compressed by a fully connected layer to C_i / (K*K) channels (eq. 6; one layer shared
 by all regions), and the K*K compressed vectors are flattened into one global vector g of C_i channels, which is
 repeated over H_i x W_i and concatenated with t (output: 2 C_i channels).
+
+A map smaller than K x K (the bottleneck of a 128-px input: 2 x 2 against K = 4) is not defined by the paper, whose
+256-px input gives a 4 x 4 bottleneck. ``"keep"`` keeps K: adaptive pooling then repeats positions, so several of
+the K*K regions are copies. ``"clamp"`` uses K' = min(K, H_i, W_i) and compresses each of the K'*K' regions to
+C_i / (K'*K') channels, so g still has C_i channels and no region is a copy.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+SmallMapGrid = Literal["keep", "clamp"]
+
+
+def level_grid(grid: int, size: tuple[int, int] | None, small_map_grid: SmallMapGrid) -> int:
+    """The grid GFE uses on a map of ``size`` (H_i, W_i): K, or with ``"clamp"`` min(K, H_i, W_i)."""
+    if small_map_grid == "keep":
+        return grid
+    if size is None:
+        raise ValueError("small_map_grid='clamp' needs the feature map size")
+    return max(1, min(grid, *size))
 
 
 class GlobalFeatureExtraction(nn.Module):

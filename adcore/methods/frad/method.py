@@ -18,9 +18,10 @@ from pydantic import Field, field_validator
 from adcore.config import Section
 from adcore.methods.base import AnomalyModel, FitData, RawPrediction, TrainOptions
 from adcore.methods.common.distances import cosine_distance_map
-from adcore.methods.frad.extractor import STAGE_STRIDES, fuse_levels
+from adcore.methods.frad.extractor import STAGE_STRIDES, LevelNorm, fuse_levels
+from adcore.methods.frad.gfe import SmallMapGrid
 from adcore.methods.frad.loss import total_loss
-from adcore.methods.frad.network import FRADNetwork
+from adcore.methods.frad.network import Downsample, FRADNetwork, GFEAt
 from adcore.methods.frad.shuffle import grid_shuffle, random_permutations
 from adcore.methods.registry import register
 
@@ -33,6 +34,21 @@ class FRADConfig(Section):
     reduction: int = Field(4, gt=0, description="bottleneck channel reduction of the 1x1 -> 3x3 -> 1x1 layers")
     grid: int = Field(4, gt=0, description="K: K x K grid of the feature shuffle and of GFE (paper: 4)")
     gfe: bool = Field(True, description="global feature extraction module (Table 3 ablation)")
+    # Switches where the paper leaves a choice open; the defaults are our reading of the paper (network.py,
+    # gfe.py and extractor.py say what each value does).
+    downsample: Downsample = Field("first", description="where the encoder halves the resolution: 'first' "
+                                   "bottleneck of each module (ResNet convention, the paper's reading), 'last' "
+                                   "bottleneck of each module, or 'deep' (first module keeps it: bottleneck 1/4 of z "
+                                   "instead of 1/8); the decoder mirrors it")
+    gfe_at: GFEAt = Field("bottleneck", description="GFE at the 'bottleneck' only (the paper's reading) or at "
+                          "'every_level': also on every skip connection")
+    level_norm: LevelNorm = Field("none", description="per-level normalisation of the backbone features: 'none' "
+                                  "(paper eqs. 1-3), 'l2' (unit channel vector per position before the channel "
+                                  "pooling of eq. 2) or 'pooled_l2' (after it, so every level has an equal share "
+                                  "of z)")
+    small_map_grid: SmallMapGrid = Field("keep", description="GFE grid on maps smaller than K x K (e.g. the 2x2 "
+                                         "bottleneck at 128 px): 'keep' K (regions repeat; the paper's 256 px never "
+                                         "meets it) or 'clamp' K to min(K, H, W)")
     shuffle: bool = Field(True, description="feature-shuffle self-supervision (Table 3 ablation)")
     ssl_weight: float = Field(0.1, ge=0.0, description="lambda of L = L_rec + lambda L_ssl (eq. 11)")
     epochs: int = Field(100, gt=0, description="fixed number of epochs; never chosen on test data")
@@ -88,12 +104,15 @@ class FRAD(AnomalyModel[FRADNetwork]):
 
     def build_network(self, info: dict[str, Any]) -> FRADNetwork:
         c = self.config
-        return FRADNetwork(c.channels, c.width, gfe=c.gfe, grid=c.grid, reduction=c.reduction)
+        size = info.get("feature_size")  # z's (H, W); absent from models saved before the clamp switch existed
+        return FRADNetwork(c.channels, c.width, gfe=c.gfe, grid=c.grid, reduction=c.reduction,
+                           downsample=c.downsample, gfe_at=c.gfe_at, small_map_grid=c.small_map_grid,
+                           input_size=tuple(size) if size else None)
 
     # ---- features ------------------------------------------------------------------------------------------------
     def fuse(self, stages: list[torch.Tensor]) -> torch.Tensor:
         """z from backbone stage maps (paper 1.1)."""
-        return fuse_levels(stages, self.config.channels)
+        return fuse_levels(stages, self.config.channels, self.config.level_norm)
 
     def anomaly_map(self, z: torch.Tensor) -> torch.Tensor:
         """Cosine distance between z and its reconstruction (eq. 8), (B, H, W) at feature resolution."""
@@ -102,7 +121,8 @@ class FRAD(AnomalyModel[FRADNetwork]):
     # ---- training ------------------------------------------------------------------------------------------------
     def fit_network(self, features, data: FitData, options: TrainOptions) -> None:
         cfg = self.config
-        network = self.new_network({})
+        size = [max(int(s.shape[-2]) for s in features.stages), max(int(s.shape[-1]) for s in features.stages)]
+        network = self.new_network({"feature_size": size})
         val = self.read_features(data.val, data.transform, options) if data.val else None
         optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
 
@@ -129,10 +149,12 @@ class FRAD(AnomalyModel[FRADNetwork]):
                     sums[k] = sums.get(k, 0.0) + v * b
                 seen += b
             losses = {k: v / max(seen, 1) for k, v in sums.items()}
-            if val is not None:  # monitoring only: the number of epochs is fixed by the config
+            losses["steps"] = (epoch + 1) * per_epoch  # optimiser steps so far: the loss curve's length
+            if val is not None:  # monitoring only (the loss curve): the number of epochs is fixed by the config
                 losses["val_loss_rec"] = self._mean_distance(val)
             return losses
 
+        per_epoch = steps_per_epoch(len(features), cfg.batch_size)
         epochs = epochs_for(cfg.epochs, cfg.min_steps, len(features), cfg.batch_size)
         self.fit_info["epochs_planned"] = epochs
         self.run_epochs(data, options, epochs, train_epoch, {"network": network, "optimizer": optimizer})
@@ -156,8 +178,12 @@ class FRAD(AnomalyModel[FRADNetwork]):
         return RawPrediction(maps=self.anomaly_map(z))  # no shuffling at inference (paper 1.5)
 
 
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch: one per batch of ``batch_size`` feature maps, the last batch possibly smaller."""
+    return max(1, math.ceil(n_train / batch_size))
+
+
 def epochs_for(epochs: int, min_steps: int, n_train: int, batch_size: int) -> int:
-    """``max(epochs, ceil(min_steps / steps_per_epoch))``: a small category still gets ``min_steps`` optimiser steps
-    (one step per batch of ``batch_size`` feature maps, the last batch possibly smaller)."""
-    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-    return max(epochs, math.ceil(min_steps / steps_per_epoch))
+    """``max(epochs, ceil(min_steps / steps_per_epoch))``: a small category still gets ``min_steps`` optimiser
+    steps."""
+    return max(epochs, math.ceil(min_steps / steps_per_epoch(n_train, batch_size)))
