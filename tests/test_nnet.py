@@ -371,3 +371,127 @@ def test_paper_profile_runs_end_to_end_on_the_cpu(demo_root, tmp_path):
     again = load_model(tmp_path / "model").predict(images)
     torch.testing.assert_close(again.maps, pred.maps, rtol=0, atol=1e-6)
     torch.testing.assert_close(again.scores, pred.scores, rtol=0, atol=1e-6)
+
+
+# ---- Fig. 9 loss types, Table 6 loss switches ---------------------------------------------------------------------
+
+def test_loss_types_on_hand_made_features():
+    from adcore.methods.nnet.loss import position_distance
+
+    # Two positions (1 x 2 map) of 2-channel vectors: a = (3, 0), (1, 1); b = (0, 4), (1, 1).
+    a = torch.tensor([[3.0, 1.0], [0.0, 1.0]]).view(1, 2, 1, 2)
+    b = torch.tensor([[0.0, 1.0], [4.0, 1.0]]).view(1, 2, 1, 2)
+    # cosine: 1 - 0 = 1 (orthogonal), 0 (same) -> mean 0.5
+    torch.testing.assert_close(position_distance(a, b, "cosine"), torch.tensor([[[1.0, 0.0]]]))
+    # l1: |3 - 0| + |0 - 4| = 7, 0 -> mean 3.5; l2: 9 + 16 = 25, 0 -> mean 12.5
+    torch.testing.assert_close(position_distance(a, b, "l1"), torch.tensor([[[7.0, 0.0]]]))
+    torch.testing.assert_close(position_distance(a, b, "l2"), torch.tensor([[[25.0, 0.0]]]))
+    # Summed over stages (Eq. 1); the second stage is a doubled copy: cosine unchanged, l1 x 2, l2 x 4.
+    assert float(distill_loss([a, 2 * a], [b, 2 * b], "cosine")) == pytest.approx(0.5 + 0.5)
+    assert float(distill_loss([a, 2 * a], [b, 2 * b], "l1")) == pytest.approx(3.5 + 7.0)
+    assert float(distill_loss([a, 2 * a], [b, 2 * b], "l2")) == pytest.approx(12.5 + 50.0)
+    assert float(align_loss([a], [b], "l2")) == pytest.approx(12.5)
+    with pytest.raises(ValueError, match="'cosine', 'l1' or 'l2'"):
+        position_distance(a, b, "huber")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_loss_setting_reaches_every_distillation_term_but_not_the_maps(kind):
+    torch.manual_seed(0)
+    model, net = tiny_model(f"method.nnet.loss={kind}")
+    feats, images = hand_made_teacher(model.backbone.channels), torch.randn(2, 3, 64, 64)
+    net.train()
+    out = net(feats, images)
+    parts = model._losses(out, beta=1.0)
+    torch.testing.assert_close(parts["rkd"], distill_loss(out["F"], out["D"], kind).detach())
+    torch.testing.assert_close(parts["kd"], distill_loss(out["P"], out["SP"], kind).detach())
+    torch.testing.assert_close(parts["align"], align_loss(out["SF"], out["P"], kind).detach())
+    assert float(parts["rkd"]) > 2 * float(distill_loss(out["F"], out["D"], "cosine").detach())  # not the cosine
+    # The anomaly maps stay Eq. 2's cosine distance whatever the training loss.
+    model.network = net.eval()
+    with torch.no_grad():
+        out = net(model.backbone_features(images), images)
+    expected = combine(stage_maps(out["F"], out["D"], (16, 16)), stage_maps(out["P"], out["SP"], (16, 16)))
+    torch.testing.assert_close(model.combined_map(images), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="method.nnet.loss"):
+        resolve_settings("nnet", "cpu", None, [*TINY, "method.nnet.loss=huber"])
+
+
+def table6_grads(*extra: str) -> dict[str, float]:
+    """Gradient sizes of one training step's loss (beta as the schedule gives for epoch 0) per trained part."""
+    torch.manual_seed(0)
+    model, net = tiny_model("method.nnet.nfs=false", "method.nnet.ffc=false", *extra)
+    feats, images = hand_made_teacher(model.backbone.channels), torch.randn(2, 3, 64, 64)
+    net.train()
+    parts = model._losses(net(feats, images), beta=align_beta(0, model.config.align_epochs))
+    parts["loss"].backward()
+    size = lambda m: sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None)  # noqa: E731
+    return {"student": size(net.student), "fpm_s": size(net.fpm_s), "decoder": size(net.decoder),
+            "kd": float(parts["kd"]), "align": float(parts["align"])}
+
+
+def test_table6_rows_are_expressed_by_alpha_and_align_epochs():
+    # Row 1, L_RKD only: the forward branch gets no gradient at all (it is not constrained).
+    rkd_only = table6_grads("method.nnet.alpha=0", "method.nnet.align_epochs=0")
+    assert rkd_only["student"] == 0 and rkd_only["fpm_s"] == 0 and rkd_only["decoder"] > 0
+    assert rkd_only["kd"] == 0 and rkd_only["align"] == 0
+    # Row 3, + L_align: S1 learns, FPM_S does not (its maps need forward_map=raw).
+    align_only = table6_grads("method.nnet.alpha=0", "method.nnet.align_epochs=2")
+    assert align_only["student"] > 0 and align_only["fpm_s"] == 0 and align_only["align"] > 0
+    # Row 2, + L_KD: S1 and FPM_S learn through L_KD alone.
+    kd_only = table6_grads("method.nnet.align_epochs=0")
+    assert kd_only["student"] > 0 and kd_only["fpm_s"] > 0 and kd_only["kd"] > 0 and kd_only["align"] == 0
+    # Row 4, both.
+    both = table6_grads()
+    assert both["student"] > 0 and both["fpm_s"] > 0 and both["kd"] > 0 and both["align"] > 0
+
+
+def test_forward_map_raw_scores_sf_against_p():
+    torch.manual_seed(0)
+    model, net = tiny_model("method.nnet.forward_map=raw")
+    model.network = net.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = net(model.backbone_features(images), images)
+    reverse = stage_maps(out["F"], out["D"], (16, 16))
+    raw = stage_maps(out["P"], out["SF"], (16, 16))
+    torch.testing.assert_close(model.combined_map(images), combine(reverse, raw), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(model.combined_map(images), combine(reverse, stage_maps(out["P"], out["SP"], (16, 16))))
+
+
+# ---- inference copy: BatchNorms folded, one branch skipped when not scored -----------------------------------------
+
+def test_inference_copy_gives_the_same_maps_and_follows_weight_changes():
+    from adcore.methods.common.distances import cosine_distance_map
+    from adcore.methods.nnet.anomaly_map import cosine_distance
+
+    torch.manual_seed(0)
+    model, net = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    for m in net.modules():  # trained-looking BatchNorm statistics, far from the (0, 1) of a new module
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    net.eval()
+    images = torch.randn(3, 3, 64, 64)
+    feats = model.backbone_features(images)
+    with torch.no_grad():
+        out = net(feats, images)
+    for a, b in zip(out["F"], out["D"], strict=True):
+        torch.testing.assert_close(cosine_distance(a, b), cosine_distance_map(a, b), rtol=0, atol=1e-6)
+    reference = combine(stage_maps(out["F"], out["D"], (16, 16)), stage_maps(out["P"], out["SP"], (16, 16)))
+    torch.testing.assert_close(model.combined_map(images), reference, rtol=0, atol=1e-5)
+    fast = model.inference_network(feats, images, "both")
+    norms = lambda m: sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # noqa: E731
+    assert norms(fast.student) == 0 and norms(fast.decoder) == 0 < norms(net.decoder)
+    assert norms(fast.fpm_t[-1]) == 2  # its convolutions serve F_3 and F'_3: not folded
+    assert model.inference_network(feats, images, "both") is fast  # cached
+    # Only the scored branch runs.
+    assert "SP" not in fast(feats, images, "reverse") and "D" not in fast(feats, images, "forward")
+    # An in-place weight change (an optimizer step, load_state_dict) rebuilds the copy.
+    with torch.no_grad():
+        net.decoder.stages[0][0].body[0].weight.mul_(2.0)
+        out = net(feats, images)
+    assert model.inference_network(feats, images, "both") is not fast
+    reference = combine(stage_maps(out["F"], out["D"], (16, 16)), stage_maps(out["P"], out["SP"], (16, 16)))
+    torch.testing.assert_close(model.combined_map(images), reference, rtol=0, atol=1e-5)

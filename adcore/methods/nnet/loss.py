@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast, overload
+from typing import Literal, cast, overload
 
 import torch
 
 from adcore.methods.common.distances import cosine_distance_map
 
+LossType = Literal["cosine", "l1", "l2"]
 
-def distill_loss(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Eq. 1: sum over stages of the mean per-position cosine distance (also L_RKD, Eq. 4, and L_align, Eq. 3)."""
+
+def position_distance(a: torch.Tensor, b: torch.Tensor, kind: LossType = "cosine") -> torch.Tensor:
+    """Distance of the channel vectors at every position, (B, C, H, W) x 2 -> (B, H, W): Eq. 2's 1 - cos
+    (``cosine``), the L1 distance sum_c |a - b| (``l1``) or the squared L2 distance sum_c (a - b)^2 (``l2``).
+
+    Fig. 9 trains N-Net with "常用的 L_1 损失、L_2 损失和余弦相似度损失" and explains the cosine's lead by "L_1 损失和
+    L_2 损失都容易受向量维度的影响, 损失值的范围不固定" (L1 and L2 depend on the vector dimension, their range is not
+    fixed): so L1 and L2 replace M_i(h, w) in Eq. 1 by a distance of the two channel vectors, summed over channels.
+    """
+    if kind == "cosine":
+        return cosine_distance_map(a, b)
+    if kind == "l1":
+        return (a - b).abs().sum(1)
+    if kind == "l2":
+        return (a - b).square().sum(1)
+    raise ValueError(f"distill loss type must be 'cosine', 'l1' or 'l2', got {kind!r}")
+
+
+def distill_loss(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], kind: LossType = "cosine") -> torch.Tensor:
+    """Eq. 1: sum over stages of the mean per-position distance (also L_RKD, Eq. 4, and L_align, Eq. 3); the
+    distance is ``kind`` (Fig. 9; the paper's and RD4AD's: cosine)."""
     # A tensor: there is at least one stage (sum() of no stages would be the int 0).
-    return cast(torch.Tensor, sum(cosine_distance_map(x, y).mean() for x, y in zip(a, b, strict=True)))
+    return cast(torch.Tensor, sum(position_distance(x, y, kind).mean() for x, y in zip(a, b, strict=True)))
 
 
-def align_loss(sf: Sequence[torch.Tensor], p: Sequence[torch.Tensor]) -> torch.Tensor:
+def align_loss(sf: Sequence[torch.Tensor], p: Sequence[torch.Tensor], kind: LossType = "cosine") -> torch.Tensor:
     """Eq. 3's L(SF_i, P_i), unweighted, with the teacher side P_i detached: only the forward student S1 learns
     from it, FPM_T does not.
 
@@ -28,7 +48,7 @@ def align_loss(sf: Sequence[torch.Tensor], p: Sequence[torch.Tensor]) -> torch.T
     a randomly initialised student would work against the latter; FPM_T is constrained by the reverse branch
     (L_RKD) and by L_KD, as in section 3.2.
     """
-    return distill_loss(sf, [x.detach() for x in p])
+    return distill_loss(sf, [x.detach() for x in p], kind)
 
 
 def align_beta(epoch: int, align_epochs: int = 20) -> float:

@@ -86,14 +86,17 @@ class NNetNetwork(nn.Module):
             return self.fpm_r(f3)
         return self.fpm_t[-1](f3, source=self.recall_source)
 
-    def forward(self, teacher: list[torch.Tensor], images: torch.Tensor | None) -> dict[str, Any]:
+    def forward(self, teacher: list[torch.Tensor], images: torch.Tensor | None,
+                branches: str = "both") -> dict[str, Any]:
+        """Every output of the trained branches; ``branches`` ('reverse' or 'forward') skips the other one, for an
+        inference that scores one branch's maps only."""
         out: dict[str, Any] = {"F": teacher}
-        if self.forward_branch:
+        if self.forward_branch and branches != "reverse":
             if images is None:
                 raise ValueError("the forward branch needs the images")
             sf = self.student(images)
             out.update(SF=sf, P=self.project(teacher, "teacher"), SP=self.project(sf, "student"))
-        if self.reverse_branch:
+        if self.reverse_branch and branches != "forward":
             f3, weights = teacher[-1], None
             if self.use_nfs:
                 f3, weights = self.nfs(f3)
