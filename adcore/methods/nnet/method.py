@@ -196,6 +196,8 @@ class NNet(AnomalyModel[NNetNetwork]):
         call from one probe image and rebuilt when the network, its device or any of its weights change (every
         in-place update, an optimizer step or load_state_dict, bumps a tensor's version counter)."""
         network = self.check_is_fitted()
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            return network  # the fold probes real tensors; a traced graph (adcore export) keeps the plain network
         tensors = [*network.parameters(), *network.buffers()]
         key = (id(network), str(tensors[0].device), sum(t._version for t in tensors))
         cached = self._inference_cache
